@@ -1,0 +1,5 @@
+"""Allow ``python -m constellation``."""
+
+from constellation.cli import app
+
+app(prog_name="constellation")

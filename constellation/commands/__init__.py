@@ -1,0 +1,1 @@
+"""Typer sub-applications of the ``constellation`` CLI, one module per command group."""

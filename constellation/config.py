@@ -1,0 +1,474 @@
+"""Typed configuration: science config (hashed) kept apart from runtime config.
+
+The configuration has two halves:
+
+* :class:`ScienceConfig` — everything that changes the *results* (tiling,
+  HEALPix orders, the SHINE sections). Its stable :func:`config_hash` is
+  written next to every output so results can be traced to their settings.
+* :class:`RuntimeConfig` — where data lives, which catalog and Ray cluster to
+  use, how much work to keep in flight. Changing it never changes a result, so
+  it is not part of the hash.
+
+Values are resolved, highest priority first, from keyword arguments, environment
+variables (``CONSTELLATION_`` prefix, ``__`` between nesting levels, e.g.
+``CONSTELLATION_SCIENCE__TILING__MARGIN_ARCMIN=2``), a YAML file, and the
+defaults declared here. Use :func:`load_config` rather than instantiating
+:class:`Settings` directly: it reads the YAML file and turns every problem into
+one readable :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from constellation.sky.tiling import SubTileGrid
+
+__all__ = [
+    "CONFIG_ENV_VAR",
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
+    "CatalogConfig",
+    "ConfigError",
+    "HealpixConfig",
+    "RayConfig",
+    "RuntimeConfig",
+    "ScienceConfig",
+    "Settings",
+    "ShineSections",
+    "StorageConfig",
+    "TilingConfig",
+    "config_hash",
+    "dump_config",
+    "load_config",
+]
+
+ENV_PREFIX = "CONSTELLATION_"
+"""Prefix of every environment variable that overrides a configuration value."""
+
+ENV_NESTED_DELIMITER = "__"
+"""Separator between nesting levels in environment variable names."""
+
+CONFIG_ENV_VAR = "CONSTELLATION_CONFIG"
+"""Environment variable naming the YAML file to load when no path is given."""
+
+MAX_HEALPIX_ORDER = 29
+"""Deepest HEALPix order representable in a 64-bit nested index (as in HATS)."""
+
+_HASH_LENGTH = 16
+
+# The YAML file the next Settings() should read; set only by load_config().
+_yaml_file: ContextVar[Path | None] = ContextVar("constellation_yaml_file", default=None)
+
+
+class ConfigError(ValueError):
+    """The configuration could not be loaded; the message says where and why."""
+
+
+class _Section(BaseModel):
+    """Base of every configuration section: unknown keys rejected, values immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- science
+
+
+class TilingConfig(_Section):
+    """How each Euclid tile is cut into sub-tiles and how wide their margins are."""
+
+    n_rows: int = Field(default=4, ge=1, le=64, description="Number of sub-tile rows per tile.")
+    n_cols: int = Field(default=4, ge=1, le=64, description="Number of sub-tile columns per tile.")
+    margin_arcmin: float = Field(
+        default=1.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Width of the margin added on every side of a sub-tile core to form its extended "
+            "region, in arcminutes."
+        ),
+    )
+    core_size_arcmin: float = Field(
+        default=30.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Side length of the core of a generated tile, in arcminutes.",
+    )
+    extended_size_arcmin: float = Field(
+        default=32.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Side length of the extended area of a generated tile, in arcminutes; "
+            "at least core_size_arcmin."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _extended_covers_core(self) -> Self:
+        if self.extended_size_arcmin < self.core_size_arcmin:
+            raise ValueError(
+                f"extended_size_arcmin ({self.extended_size_arcmin}) must be >= "
+                f"core_size_arcmin ({self.core_size_arcmin})"
+            )
+        return self
+
+    def grid(self) -> SubTileGrid:
+        """The sub-tile grid these settings describe."""
+        return SubTileGrid(self.n_rows, self.n_cols, self.margin_arcmin)
+
+
+class HealpixConfig(_Section):
+    """HEALPix orders (nested scheme) used to index sources and partition tables."""
+
+    source_order: int = Field(
+        default=29,
+        ge=0,
+        le=MAX_HEALPIX_ORDER,
+        description="Order of the per-source HEALPix index (29 as in HATS: ~0.4 mas pixels).",
+    )
+    partition_order: int = Field(
+        default=7,
+        ge=0,
+        le=MAX_HEALPIX_ORDER,
+        description=(
+            "Coarse order used to partition catalogs and tables spatially "
+            "(order 7: ~27 arcmin pixels); at most source_order."
+        ),
+    )
+    candidate_order: int = Field(
+        default=9,
+        ge=0,
+        le=MAX_HEALPIX_ORDER,
+        description=(
+            "Order used to find candidate neighbours and overlapping quadrants "
+            "(order 9: ~6.9 arcmin pixels); at most source_order."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _orders_nest(self) -> Self:
+        for name in ("partition_order", "candidate_order"):
+            order = getattr(self, name)
+            if order > self.source_order:
+                raise ValueError(f"{name} ({order}) must be <= source_order ({self.source_order})")
+        return self
+
+
+def _default_inference() -> dict[str, Any]:
+    return {
+        "method": "map",
+        "map_config": {"enabled": True, "num_steps": 1000, "learning_rate": 0.01},
+        "rng_seed": 0,
+    }
+
+
+def _default_sources() -> dict[str, Any]:
+    return {"min_snr": 10.0}
+
+
+class ShineSections(_Section):
+    """Sections passed verbatim to SHINE's ``EuclidInferenceConfig``.
+
+    Only the section names are checked here; their contents belong to SHINE and
+    are validated by it.
+    """
+
+    inference: dict[str, Any] = Field(
+        default_factory=_default_inference,
+        description="SHINE 'inference' section: method (map, ...), its settings, RNG seed.",
+    )
+    gal: dict[str, Any] = Field(
+        default_factory=dict,
+        description="SHINE 'gal' section: galaxy model and priors (SHINE defaults when empty).",
+    )
+    sources: dict[str, Any] = Field(
+        default_factory=_default_sources,
+        description="SHINE 'sources' section: source selection, e.g. min_snr.",
+    )
+
+
+class ScienceConfig(_Section):
+    """Everything that affects the results; hashed by :func:`config_hash`."""
+
+    tiling: TilingConfig = Field(
+        default_factory=TilingConfig, description="Tile and sub-tile geometry."
+    )
+    healpix: HealpixConfig = Field(
+        default_factory=HealpixConfig, description="HEALPix orders for indexing."
+    )
+    shine: ShineSections = Field(
+        default_factory=ShineSections, description="Pass-through sections for SHINE."
+    )
+
+
+# --------------------------------------------------------------------------- runtime
+
+
+class StorageConfig(_Section):
+    """Where input data is read from and where outputs are written (any fsspec URL)."""
+
+    data_uri: str = Field(
+        default="./constellation-data/input",
+        description=(
+            "Root of the input data, laid out like Euclid Q1 (a 'q1/' tree); a local path or "
+            "any fsspec URL such as s3://nasa-irsa-euclid-q1."
+        ),
+    )
+    work_uri: str = Field(
+        default="./constellation-data/work",
+        description="Root for manifests, results and done markers; local path or fsspec URL.",
+    )
+    anon: bool = Field(
+        default=True, description="Access object stores anonymously (no credentials)."
+    )
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Custom S3 endpoint URL (e.g. a local S3 server); null for the AWS default.",
+    )
+
+
+class CatalogConfig(_Section):
+    """The Apache Iceberg catalog that receives the result tables."""
+
+    name: str = Field(default="constellation", description="Name of the pyiceberg catalog.")
+    namespace: str = Field(default="shear", description="Iceberg namespace of the result tables.")
+    properties: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "pyiceberg catalog properties (type, uri, warehouse, ...); empty means an "
+            "embedded SQLite catalog under work_uri."
+        ),
+    )
+
+
+class RayConfig(_Section):
+    """The Ray cluster that runs the sub-tile tasks and the resources each task asks for."""
+
+    address: str | None = Field(
+        default=None,
+        description=(
+            "Ray cluster address: null starts a local Ray for the run; 'auto' joins a running "
+            "cluster; 'ray://host:10001' connects a client."
+        ),
+    )
+    num_gpus_per_task: float = Field(
+        default=1.0, ge=0.0, allow_inf_nan=False, description="GPUs requested per task."
+    )
+    num_cpus_per_task: float = Field(
+        default=1.0, gt=0.0, allow_inf_nan=False, description="CPUs requested per task."
+    )
+
+
+class RuntimeConfig(_Section):
+    """Everything that does not affect the results; excluded from the hash."""
+
+    storage: StorageConfig = Field(
+        default_factory=StorageConfig, description="Input and output locations."
+    )
+    catalog: CatalogConfig = Field(
+        default_factory=CatalogConfig, description="Iceberg catalog for result tables."
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster and task resources.")
+    max_in_flight: int = Field(
+        default=64, ge=1, description="Maximum number of sub-tiles being processed at once."
+    )
+    tiles: list[int] = Field(
+        default_factory=list,
+        description="Tile ids to process when none are given on the command line.",
+    )
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Settings(BaseSettings):
+    """The full effective configuration: science (hashed) plus runtime."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    science: ScienceConfig = Field(
+        default_factory=ScienceConfig, description="Settings that affect the results (hashed)."
+    )
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Settings that do not affect the results."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Resolve values from init kwargs, then environment, then the YAML file, then defaults."""
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _yaml_file.get()
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def config_hash(self) -> str:
+        """Stable hash of the science configuration (see :func:`config_hash`)."""
+        return config_hash(self.science)
+
+
+def config_hash(science: ScienceConfig) -> str:
+    """Return a stable short hash of the science configuration.
+
+    Parameters
+    ----------
+    science
+        The science half of the configuration.
+
+    Returns
+    -------
+    str
+        The first 16 hex digits of the SHA-256 of the canonical JSON form (sorted
+        keys, compact separators). It does not depend on key order in the YAML
+        file nor on the runtime configuration.
+    """
+    canonical = json.dumps(
+        science.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:_HASH_LENGTH]
+
+
+def dump_config(settings: Settings) -> str:
+    """Return the full effective configuration as YAML text (loadable by :func:`load_config`)."""
+    return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def load_config(path: str | Path | None = None) -> Settings:
+    """Load the configuration from defaults, a YAML file and the environment.
+
+    Parameters
+    ----------
+    path
+        YAML file to read. When ``None``, the file named by the ``CONSTELLATION_CONFIG``
+        environment variable is read if it is set; otherwise only defaults and
+        environment variables apply.
+
+    Returns
+    -------
+    Settings
+        The validated configuration.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing, is not valid YAML, its top level is not a mapping, or
+        any value is invalid. The message names the file, every offending field as a
+        dotted path, and the environment variable when a value came from one.
+    """
+    if path is None and os.environ.get(CONFIG_ENV_VAR):
+        path = os.environ[CONFIG_ENV_VAR]
+    yaml_path = None if path is None else Path(path)
+    if yaml_path is not None:
+        _check_yaml_file(yaml_path)
+    where = f"in {yaml_path}" if yaml_path is not None else "(defaults and environment)"
+    try:
+        with _reading_yaml(yaml_path):
+            return Settings()
+    except ValidationError as exc:
+        env_paths = _env_var_paths(os.environ)
+        lines = [_format_error(error, env_paths) for error in exc.errors()]
+        raise ConfigError(f"invalid configuration {where}:\n" + "\n".join(lines)) from None
+
+
+@contextmanager
+def _reading_yaml(path: Path | None) -> Iterator[None]:
+    token = _yaml_file.set(path)
+    try:
+        yield
+    finally:
+        _yaml_file.reset(token)
+
+
+def _check_yaml_file(path: Path) -> None:
+    """Raise ConfigError unless ``path`` is a readable YAML file whose top level is a mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(f"invalid YAML in configuration file {path}: {problem}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid configuration in {path}: the top level must be a mapping of sections "
+            f"(science, runtime), not a {type(data).__name__}"
+        )
+
+
+def _env_var_paths(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Map the dotted path each ``CONSTELLATION_*`` variable sets to the variable's name."""
+    paths: dict[tuple[str, ...], str] = {}
+    prefix = ENV_PREFIX.lower()
+    for name in environ:
+        lowered = name.lower()
+        if lowered.startswith(prefix) and name != CONFIG_ENV_VAR:
+            parts = tuple(lowered[len(prefix) :].split(ENV_NESTED_DELIMITER))
+            paths[parts] = name
+    return paths
+
+
+def _format_error(error: ErrorDetails, env_paths: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(str(part) for part in error["loc"])
+    dotted = "".join(
+        f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]
+    ).removeprefix(".")
+    dotted = dotted or "(top level)"
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    else:
+        message = error["msg"].removeprefix("Value error, ")
+    text = f"  {dotted}: {message}"
+    if not isinstance(error["input"], Mapping):
+        text += f" (got {_short_repr(error['input'])})"
+    # Environment variables win over the file, so a variable that sets this field or one
+    # of its parents is where the bad value came from.
+    lowered = tuple(part.lower() for part in loc)
+    for depth in range(len(lowered), 0, -1):
+        env_name = env_paths.get(lowered[:depth])
+        if env_name is not None:
+            text += f" (from environment variable {env_name})"
+            break
+    return text
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

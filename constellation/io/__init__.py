@@ -1,0 +1,1 @@
+"""All side effects live here: reading and writing files and object stores."""
