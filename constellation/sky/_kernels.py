@@ -31,6 +31,8 @@ _DEG = np.pi / 180.0
 _RAD_TO_ARCMIN = 180.0 * 60.0 / np.pi
 #: Offsets (radians) below which the series are used; beyond, libm.
 _SERIES_LIMIT_RAD = 0.25
+#: cos(distance) at or below which a point counts as on or behind the horizon.
+_HORIZON = 1e-10
 _FASTMATH = {"contract", "arcp", "nsz"}  # no reassociation: results stay reproducible
 
 
@@ -118,7 +120,7 @@ def _project_fixup(
             ca = np.cos(a)
             cc = s0 * sd + c0 * cd * ca
             j = i - start
-            if cc > 0.0:
+            if cc > _HORIZON:
                 inv = _RAD_TO_ARCMIN / cc
                 x[j] = -cd * sa * inv
                 y[j] = (c0 * sd - s0 * cd * ca) * inv

@@ -25,7 +25,7 @@ def wrap_ra(ra_deg: ArrayLike) -> NDArray[np.float64]:
 
 
 def _as_f64(a: ArrayLike, name: str) -> NDArray[np.float64]:
-    arr = np.ascontiguousarray(a, dtype=np.float64)
+    arr = np.asarray(a, dtype=np.float64)
     if arr.ndim > 1:
         raise ValueError(f"{name} must be a scalar or 1-d array, got shape {arr.shape}")
     return arr
@@ -56,7 +56,12 @@ def sky_to_plane(
     if ra.shape != dec.shape:
         raise ValueError(f"ra_deg and dec_deg differ in shape: {ra.shape} vs {dec.shape}")
     shape = ra.shape
-    x, y = _kernels.project(ra.reshape(-1), dec.reshape(-1), float(ra0_deg), float(dec0_deg))
+    x, y = _kernels.project(
+        np.ascontiguousarray(ra.reshape(-1)),
+        np.ascontiguousarray(dec.reshape(-1)),
+        float(ra0_deg),
+        float(dec0_deg),
+    )
     return x.reshape(shape), y.reshape(shape)
 
 
