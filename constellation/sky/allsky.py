@@ -16,10 +16,13 @@ registry resolved from MER mosaic headers. The construction:
   increasing with Dec like Euclid's; as with real ids, take geometry from the
   registry, never from the id.
 
-A tile owns its (band, segment) cell, which lies inside its core square up to
-a few arcsec at the corners (where the band's parallels bulge from the square's
-great-circle edges): :meth:`AllSkyTiling.tile_of` gives the owner of any sky
-position, and partitioning clamps such corner sources into edge sub-tiles.
+A tile owns its (band, segment) cell, which lies inside its core square except
+for slivers at the corners, where the band's parallels bulge beyond the square's
+great-circle edges. Measured on 4e6 random positions: at most 0.8" outside
+below |Dec| = 30 deg, 2.9" at 30-60 deg, 4.4" at 60-70 deg, 8.9" at 70-80 deg,
+24" at 80-89 deg and 40" next to the polar caps; 0.03 % of all positions are
+outside their owner's square. :meth:`AllSkyTiling.tile_of` gives the owner of
+any position, and partitioning clamps such corner sources into edge sub-tiles.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ def test_every_position_has_an_owner_whose_core_holds_it(allsky_registry: TileRe
         sel = rows == row
         x, y = reference_plane(allsky_registry.ra[row], allsky_registry.dec[row], ra[sel], dec[sel])
         worst = max(worst, float(np.max(np.maximum(np.abs(x), np.abs(y)))) - 15.0)
-    # the band cell lies in the core square up to a few arcsec (23" next to the poles)
-    assert worst < 0.5
+    # the band cell lies in the core square up to slivers (<= 40" next to the poles)
+    assert worst < 1.0
 
 
 def test_centres_are_owned_by_their_tile(allsky_registry: TileRegistry) -> None:

@@ -1,0 +1,57 @@
+"""Smoke test of ``benchmarks/partition.py --quick``: it runs and prints every figure once."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "partition.py"
+
+NUMERIC = [
+    "partition_first_call_s",
+    "partition_first_call_cached_s",
+    "partition_ns_per_source",
+    "partition_sources_per_s",
+    "partition_input_mb",
+    "partition_baseline_rss_mb",
+    "partition_peak_rss_mb",
+    "partition_ns_per_source_dec66",
+    "partition_ns_per_source_ra0",
+    "partition_with_neighbours_ns_per_source",
+    "allsky_tiles",
+    "allsky_subtiles",
+    "allsky_first_build_s",
+    "allsky_build_s",
+    "allsky_baseline_rss_mb",
+    "allsky_peak_rss_mb",
+    "wide_tiles",
+    "wide_subtiles",
+    "wide_build_s",
+    "wide_baseline_rss_mb",
+    "wide_peak_rss_mb",
+]
+TEXT = ["cpu_model", "numpy_version", "numba_version"]
+
+
+def test_partition_benchmark_quick() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all("=" in line for line in lines), proc.stdout
+    names = [line.split("=", 1)[0] for line in lines]
+    values = dict(line.split("=", 1) for line in lines)
+    assert sorted(names) == sorted(NUMERIC + TEXT)  # each exactly once, nothing else
+    for name in NUMERIC:
+        value = float(values[name])
+        assert math.isfinite(value), (name, value)
+        assert value > 0, (name, value)
+    for name in TEXT:
+        assert values[name].strip(), name
