@@ -98,8 +98,11 @@ def grid_edges(size_arcmin: float, n: int) -> NDArray[np.float64]:
     """
     if n < 1:
         raise ValueError(f"need at least one cell, got n={n}")
-    k = np.arange(n + 1, dtype=np.float64)
-    return size_arcmin * (k / n - 0.5)
+    half = 0.5 * size_arcmin
+    w = size_arcmin / n
+    edges = -half + np.arange(n + 1, dtype=np.float64) * w
+    edges[-1] = half  # -half + n * w may differ from half in the last bit
+    return edges
 
 
 @dataclass(frozen=True, slots=True)
