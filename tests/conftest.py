@@ -1,10 +1,19 @@
-"""Shared test set-up: no telemetry, and no CONSTELLATION_* settings leaking in from the shell."""
+"""Shared test set-up: no telemetry, no CONSTELLATION_* settings leaking in from the shell,
+and the local S3 server fixtures of :mod:`tests.fixtures.s3`."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from tests.fixtures.s3 import (  # noqa: F401  (fixtures, used by name)
+    anon_s3_storage,
+    s3_bucket,
+    s3_client,
+    s3_endpoint,
+    upload_tree,
+)
 
 os.environ["DO_NOT_TRACK"] = "1"
 

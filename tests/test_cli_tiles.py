@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from astropy.table import Table
 from typer.testing import CliRunner
 
 from constellation.cli import app
 from constellation.sky import AllSkyTiling, SubTileGrid, Tile
+from tests.fixtures.mer import write_mer_tree
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in an empty directory: the default work_uri (./constellation-data/work) is
+    relative, and a registry.parquet left there would replace the all-sky default."""
+    monkeypatch.chdir(tmp_path)
 
 
 def _run(*args: str) -> object:
@@ -107,3 +117,97 @@ def test_clean_errors() -> None:
     res = runner.invoke(app, ["tiles", "partition", "nope.fits", "--tile", "100180360"])
     assert res.exit_code == 2
     assert "catalog file not found" in res.output
+
+
+# --------------------------------------------------------------------------- resolve / list
+
+
+@pytest.fixture
+def mer_tiles() -> list[Tile]:
+    sky = AllSkyTiling().registry()
+    return [sky.tile(i) for i in (100180000, 100180719, 100312000, 100077100)]
+
+
+def _rows_match(rows: list[dict[str, float]], tiles: list[Tile]) -> None:
+    assert [r["tile_id"] for r in rows] == sorted(t.tile_id for t in tiles)
+    by_id = {t.tile_id: t for t in tiles}
+    for r in rows:
+        t = by_id[int(r["tile_id"])]
+        assert abs((r["ra"] - t.ra_deg + 180) % 360 - 180) < 1e-9
+        assert abs(r["dec"] - t.dec_deg) < 1e-9
+        assert abs(r["core_size_arcmin"] - 30.0) < 1e-9
+        assert abs(r["extended_size_arcmin"] - 32.0) < 1e-9
+
+
+def test_resolve_then_list_and_show_use_the_cached_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mer_tiles: list[Tile]
+) -> None:
+    write_mer_tree(tmp_path / "data" / "q1" / "MER", mer_tiles)
+    monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__DATA_URI", str(tmp_path / "data"))
+    monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__WORK_URI", "work")
+    res = _run("tiles", "resolve")
+    out = res.stdout  # type: ignore[attr-defined]
+    assert "4 tile(s) in work/registry.parquet; 17 request(s), 56.2 KiB read" in out
+    assert Path("work/registry.parquet").is_file()
+    rows = json.loads(_run("tiles", "list", "--json").stdout)  # type: ignore[attr-defined]
+    _rows_match(rows, mer_tiles)
+    plain = _run("tiles", "list").stdout  # type: ignore[attr-defined]
+    assert "# 4 tile(s) from work/registry.parquet" in plain
+    row = ["100312000", "0.608108108", "+66.000000000", "30.000000", "32.000000"]
+    assert row in [line.split() for line in plain.splitlines()]
+    shown = json.loads(_run("tiles", "show", "100312000", "--json").stdout)  # type: ignore[attr-defined]
+    assert shown["dec"] == pytest.approx(66.0, abs=1e-9)
+    # a tile of the all-sky tiling that is not in the cached registry
+    res = runner.invoke(app, ["tiles", "show", "100180360"])
+    assert res.exit_code == 2
+    assert "not in the registry (4 tiles, from work/registry.parquet)" in res.output
+    # the cache is reused: no request
+    again = _run("tiles", "resolve").stdout  # type: ignore[attr-defined]
+    assert "4 tile(s) in work/registry.parquet; 0 request(s), 0 B read" in again
+    refreshed = _run("tiles", "resolve", "--refresh", "100180000").stdout  # type: ignore[attr-defined]
+    assert "1 tile(s) in work/registry.parquet (4 in all); 4 request(s)" in refreshed
+
+
+def test_resolve_from_anonymous_s3(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mer_tiles: list[Tile],
+    s3_endpoint: str,
+    s3_bucket: str,
+    upload_tree: Callable[..., list[str]],
+) -> None:
+    write_mer_tree(tmp_path / "tree", mer_tiles)
+    upload_tree(tmp_path / "tree", s3_bucket, "q1/MER")
+    monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__DATA_URI", f"s3://{s3_bucket}")
+    monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__ENDPOINT_URL", s3_endpoint)
+    ids = [str(t.tile_id) for t in mer_tiles[:2]]
+    out = _run("tiles", "resolve", *ids, "--out", "reg.csv", "--workers", "2").stdout  # type: ignore[attr-defined]
+    assert out.startswith("2 tile(s) in reg.csv; 8 request(s)")
+    rows = json.loads(_run("tiles", "list", "--registry", "reg.csv", "--json").stdout)  # type: ignore[attr-defined]
+    _rows_match(rows, mer_tiles[:2])
+
+
+def test_resolve_missing_tiles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mer_tiles: list[Tile]
+) -> None:
+    write_mer_tree(tmp_path / "MER", mer_tiles[:1])
+    args = ["tiles", "resolve", "--mer", str(tmp_path / "MER"), "--out", "r.parquet"]
+    res = runner.invoke(app, [*args, str(mer_tiles[0].tile_id), "999"])
+    assert res.exit_code == 1
+    assert "could not resolve 1 tile(s)" in res.output
+    assert "999: no VIS mosaic" in res.output
+    assert "Traceback" not in res.output
+    assert not Path("r.parquet").exists()
+    res = runner.invoke(app, [*args, str(mer_tiles[0].tile_id), "999", "--skip-missing"])
+    assert res.exit_code == 0, res.output
+    assert "1 tile(s) in r.parquet" in res.stdout
+    assert "skipped 1 tile(s) without a VIS mosaic: 999" in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["tiles", "resolve", "--mer", str(tmp_path / "nowhere")])
+    assert res.exit_code == 1
+    assert "nowhere" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_list_falls_back_to_the_allsky_tiling() -> None:
+    out = _run("tiles", "list").stdout  # type: ignore[attr-defined]
+    assert out.startswith("# 165902 tile(s) from the generated all-sky tiling")

@@ -29,35 +29,60 @@ RegistryOption = Annotated[
         "--registry",
         "-r",
         help="Tile registry (Parquet/CSV: tile_id, ra, dec, core_size_arcmin, "
-        "extended_size_arcmin). Default: the generated Euclid-like all-sky tiling.",
+        "extended_size_arcmin). Default: {work_uri}/registry.parquet if it exists (see "
+        "'tiles resolve'), else the generated Euclid-like all-sky tiling.",
         dir_okay=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+REGISTRY_FILE_NAME = "registry.parquet"
+"""Name of the cached tile registry under ``runtime.storage.work_uri``."""
 
 
 def _grid(ctx: typer.Context) -> SubTileGrid:
     return get_state(ctx).settings.science.tiling.grid()
 
 
-def _registry(ctx: typer.Context, path: Path | None) -> TileRegistry:
+def _work_registry_path(ctx: typer.Context) -> Path | None:
+    """``{work_uri}/registry.parquet`` as a local path (``None`` if work_uri is remote)."""
+    from constellation.io.storage import join_url, local_path
+
+    work_uri = get_state(ctx).settings.runtime.storage.work_uri
+    return local_path(join_url(work_uri, REGISTRY_FILE_NAME))
+
+
+def _load_registry(ctx: typer.Context, path: Path | None) -> tuple[TileRegistry, str]:
+    """The registry to use and where it came from: ``--registry``, else the cached
+    ``{work_uri}/registry.parquet``, else the generated all-sky tiling."""
     from constellation.io.registry import read_registry
     from constellation.sky import AllSkyTiling, RegistryError
 
+    source = "--registry"
+    if path is None:
+        cached = _work_registry_path(ctx)
+        if cached is not None and cached.is_file():
+            log.info("using the tile registry %s (found under work_uri)", cached)
+            path, source = cached, "work_uri"
     if path is not None:
         try:
-            return read_registry(path)
+            return read_registry(path), str(path)
         except RegistryError as exc:
-            fail(str(exc), EXIT_CONFIG_ERROR)
+            fail(f"{exc} (registry from {source})", EXIT_CONFIG_ERROR)
+    log.info("no tile registry given or cached: using the generated all-sky tiling")
     tiling = get_state(ctx).settings.science.tiling
-    return AllSkyTiling(tiling.core_size_arcmin, tiling.extended_size_arcmin).registry()
+    registry = AllSkyTiling(tiling.core_size_arcmin, tiling.extended_size_arcmin).registry()
+    return registry, "the generated all-sky tiling"
 
 
-def _tile(registry: TileRegistry, tile_id: int) -> Any:
+def _tile(registry: TileRegistry, tile_id: int, source: str) -> Any:
     try:
         return registry.tile(tile_id)
     except KeyError:
-        fail(f"tile {tile_id} is not in the registry ({len(registry)} tiles)", EXIT_CONFIG_ERROR)
+        fail(
+            f"tile {tile_id} is not in the registry ({len(registry)} tiles, from {source})",
+            EXIT_CONFIG_ERROR,
+        )
 
 
 def _print_json(obj: Any) -> None:
@@ -100,6 +125,133 @@ def allsky(
         typer.echo(f"wrote {out}")
 
 
+@app.command("resolve")
+def resolve(
+    ctx: typer.Context,
+    tile_ids: Annotated[
+        list[int] | None,
+        typer.Argument(help="Tiles to resolve (default: every tile directory under --mer)."),
+    ] = None,
+    mer: Annotated[
+        str | None,
+        typer.Option(
+            "--mer",
+            help="MER root URL holding {tile}/VIS/EUC_MER_BGSUB-MOSAIC-VIS_TILE{tile}-*.fits "
+            "(default: {data_uri}/q1/MER).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Registry file to write and reuse (.parquet or .csv; default: "
+            "{work_uri}/registry.parquet).",
+            dir_okay=False,
+        ),
+    ] = None,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Read the headers again even if cached.")
+    ] = False,
+    skip_missing: Annotated[
+        bool,
+        typer.Option("--skip-missing", help="Warn about tiles without a VIS mosaic and go on."),
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Tiles looked up concurrently.")
+    ] = 16,
+    core_margin_arcmin: Annotated[
+        float,
+        typer.Option(
+            "--core-margin-arcmin",
+            min=0.0,
+            help="Core margin on each side (arcmin): core = extended - 2 x margin.",
+        ),
+    ] = 1.0,
+) -> None:
+    """Build the tile registry from the MER VIS mosaic headers (ranged reads) and cache it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from constellation.io.registry import load_or_resolve_registry, read_registry
+    from constellation.io.storage import join_url, storage_from_config
+    from constellation.sky import RegistryError
+
+    settings = get_state(ctx).settings
+    mer_root = mer or join_url(settings.runtime.storage.data_uri, "q1", "MER")
+    path = out if out is not None else _work_registry_path(ctx)
+    if path is None:
+        fail(
+            f"work_uri {settings.runtime.storage.work_uri} is not a local path: "
+            "pass --out for the registry file",
+            EXIT_CONFIG_ERROR,
+        )
+    storage = storage_from_config(settings.runtime.storage)
+    t0 = time.perf_counter()
+    columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress("resolving tiles", *columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("resolve", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            registry = load_or_resolve_registry(
+                path,
+                storage,
+                mer_root,
+                tile_ids or None,
+                refresh=refresh,
+                progress=progress,
+                core_margin_arcmin=core_margin_arcmin,
+                max_workers=workers,
+                skip_missing=skip_missing,
+            )
+        except RegistryError as exc:
+            fail(str(exc))
+        except OSError as exc:  # e.g. the MER root does not exist or cannot be listed
+            fail(f"cannot resolve tiles under {mer_root}: {exc}")
+    elapsed = time.perf_counter() - t0
+    stats = storage.stats
+    n_file = len(read_registry(path)) if tile_ids else len(registry)
+    in_all = f" ({n_file} in all)" if n_file != len(registry) else ""
+    typer.echo(
+        f"{len(registry)} tile(s) in {path}{in_all}; {stats.requests} request(s), "
+        f"{_human_bytes(stats.bytes_read)} read, {elapsed:.2f} s"
+    )
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+@app.command("list")
+def list_tiles(
+    ctx: typer.Context,
+    registry_path: RegistryOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the tiles of a registry: id, centre (deg) and core/extended sizes (arcmin)."""
+    registry, source = _load_registry(ctx, registry_path)
+    table = registry.to_arrow().to_pylist()  # sorted by tile id
+    if as_json:
+        _print_json(table)
+        return
+    typer.echo(f"# {len(table)} tile(s) from {source}")
+    typer.echo(
+        f"{'tile_id':>12} {'ra':>14} {'dec':>14} {'core_arcmin':>12} {'extended_arcmin':>16}"
+    )
+    for row in table:
+        typer.echo(
+            f"{row['tile_id']:>12d} {row['ra']:>14.9f} {row['dec']:>+14.9f} "
+            f"{row['core_size_arcmin']:>12.6f} {row['extended_size_arcmin']:>16.6f}"
+        )
+
+
 @app.command("show")
 def show(
     ctx: typer.Context,
@@ -109,8 +261,8 @@ def show(
 ) -> None:
     """Show a tile and its sub-tiles: core and extended boxes (tile plane, arcmin) and
     sky centres."""
-    registry = _registry(ctx, registry_path)
-    tile = _tile(registry, tile_id)
+    registry, source = _load_registry(ctx, registry_path)
+    tile = _tile(registry, tile_id, source)
     grid = _grid(ctx)
     rows = []
     for st in tile.iter_subtiles(grid):
@@ -184,8 +336,8 @@ def neighbours(
     """List the tiles whose core meets the extended area of any sub-tile of a tile."""
     from constellation.sky import NeighbourIndex
 
-    registry = _registry(ctx, registry_path)
-    tile = _tile(registry, tile_id)
+    registry, source = _load_registry(ctx, registry_path)
+    tile = _tile(registry, tile_id, source)
     science = get_state(ctx).settings.science
     index = NeighbourIndex(registry, order=science.healpix.candidate_order)
     ids = index.neighbours(tile, science.tiling.margin_arcmin, slack_arcmin)
@@ -230,8 +382,8 @@ def partition(
     from constellation.io.catalogs import CatalogError, read_positions
     from constellation.sky import partition_sources
 
-    registry = _registry(ctx, registry_path)
-    tile = _tile(registry, tile_id)
+    registry, source = _load_registry(ctx, registry_path)
+    tile = _tile(registry, tile_id, source)
     grid = _grid(ctx)
     try:
         own = read_positions(catalog, ra_column, dec_column)

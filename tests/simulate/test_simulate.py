@@ -1,0 +1,111 @@
+"""Simulation modes, storage targets, the CLI and awkward sky positions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from pydantic import ValidationError
+from typer.testing import CliRunner
+
+from constellation.cli import app
+from constellation.io.storage import Storage
+from constellation.simulate import FieldSpec, plan_field
+from constellation.simulate.run import simulate_field
+from constellation.simulate.sources import draw_sources
+from constellation.sky import AllSkyTiling, sky_to_plane
+
+SMALL = {"n_tiles_ra": 1, "n_tiles_dec": 1, "density_per_arcmin2": 3.0}
+
+
+def test_sparse_mode_has_true_geometry_and_costs_little_disk(tmp_path: Path) -> None:
+    simulate_field(FieldSpec(mode="sparse", **SMALL), Storage(), str(tmp_path))
+    det = sorted(tmp_path.glob("q1/VIS/*/EUC_VIS_SWL-DET-*.fits"))[0]
+    st = det.stat()
+    assert st.st_size > 7.2e9  # 144 x 3 extensions of 2048 x 2066 pixels: ~7.3 GB
+    assert st.st_blocks * 512 < 5e6  # ... of which only the headers are on disk
+    with fits.open(det, memmap=True) as hdul:
+        assert len(hdul) == 433
+        h = hdul["3-4.F.SCI"]
+        assert (h.header["NAXIS1"], h.header["NAXIS2"]) == (2048, 2066)
+        assert not np.any(h.section[:10, :10])  # holes read back as zeros
+
+
+def test_pixels_mode_draws_galaxies_in_chosen_quadrants(tmp_path: Path) -> None:
+    spec = FieldSpec(mode="pixels", pixel_quadrants=("3-4.F",), **SMALL)
+    summary = simulate_field(spec, Storage(), str(tmp_path))
+    det = sorted(tmp_path.glob("q1/VIS/*/EUC_VIS_SWL-DET-*-00-1-*.fits"))[0]
+    with fits.open(det, memmap=True) as hdul:
+        sci = hdul["3-4.F.SCI"].data.astype(np.float64)
+        rms = hdul["3-4.F.RMS"].data.astype(np.float64)
+        bkg_level = np.median(sci)
+        assert 300 < bkg_level < 600  # sky ~0.8 ADU/s over 560 s
+        peaks = sci > bkg_level + 10 * np.median(rms)
+        assert peaks.sum() > 100  # galaxies and stars were drawn
+        assert not np.any(hdul["1-1.E.SCI"].section[:50, :50])  # other quadrants: sparse
+    assert summary.n_sources > 0
+
+
+def test_memory_storage_and_sparse_refusal() -> None:
+    storage = Storage()
+    summary = simulate_field(FieldSpec(**SMALL), storage, "memory://fieldtest")
+    keys = storage.glob("memory://fieldtest/q1/catalogs/MER_FINAL_CATALOG/*/*.fits")
+    assert len(keys) == len(summary.plan.tiles) == 1
+    with pytest.raises(ValueError, match="local root"):
+        simulate_field(FieldSpec(mode="sparse", **SMALL), storage, "memory://other")
+
+
+@pytest.mark.parametrize(("ra", "dec"), [(0.05, 1.0), (359.95, -30.0), (269.7, 66.0), (10.0, 88.2)])
+def test_fields_anywhere(ra: float, dec: float) -> None:
+    plan = plan_field(FieldSpec(ra_deg=ra, dec_deg=dec, n_tiles_ra=2 if dec < 88 else 1,
+                                n_tiles_dec=2, density_per_arcmin2=2.0))  # fmt: skip
+    sources = draw_sources(plan)
+    assert np.array_equal(
+        AllSkyTiling().tile_of(sources.truth["ra"], sources.truth["dec"]), sources.tile_id
+    )
+    assert set(np.unique(sources.tile_id)) == set(plan.tiles.tile_id.tolist())
+    # the pointings cover every tile centre (compared in a tangent plane, not by RA)
+    for tile in plan.tiles:
+        x, y = sky_to_plane(
+            [e.ra_deg for e in plan.exposures], [e.dec_deg for e in plan.exposures],
+            tile.ra_deg, tile.dec_deg,
+        )  # fmt: skip
+        assert np.min(np.hypot(x, y)) < 30.0  # arcmin
+
+
+def test_neighbouring_tiles_overlap() -> None:
+    plan = plan_field(FieldSpec(n_tiles_ra=2, n_tiles_dec=2))
+    tiles = list(plan.tiles)
+    a, b = tiles[0], tiles[1]
+    corners = np.array(b.box_to_sky(b.extended_box))
+    x, y = a.to_plane(corners[0], corners[1])
+    assert np.any(a.extended_box.contains(x, y))  # extended areas overlap
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValidationError):
+        FieldSpec(mode="huge")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        FieldSpec(density_per_arcmin2=-1)
+    with pytest.raises(ValidationError, match="pole"):
+        FieldSpec(dec_deg=89.5, n_tiles_ra=2)
+
+
+def test_cli(tmp_path: Path) -> None:
+    runner = CliRunner()
+    res = runner.invoke(
+        app, ["simulate", "--out", str(tmp_path), "--tiles", "1x1", "--density", "2"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "1 tiles" in res.stdout
+    assert (tmp_path / "truth" / "field.json").exists()
+    bad = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--tiles", "2by2"])
+    assert bad.exit_code == 2
+    assert "NxM" in bad.output
+
+
+def test_unknown_pixel_quadrant_rejected() -> None:
+    with pytest.raises(ValidationError, match="unknown quadrant"):
+        FieldSpec(pixel_quadrants=("7-1.E",))
