@@ -1,0 +1,1 @@
+"""Pure contracts: schemas and layouts shared between stages (no I/O)."""
