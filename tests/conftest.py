@@ -1,5 +1,6 @@
 """Shared test set-up: no telemetry, no CONSTELLATION_* settings leaking in from the shell,
-and the local S3 server fixtures of :mod:`tests.fixtures.s3`."""
+the local S3 server fixtures of :mod:`tests.fixtures.s3` and the simulated fields of
+:mod:`tests.fixtures.fields`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 
 import pytest
 
+from tests.fixtures.fields import light_field, s3_light_field  # noqa: F401  (fixtures)
 from tests.fixtures.s3 import (  # noqa: F401  (fixtures, used by name)
     anon_s3_storage,
     s3_bucket,

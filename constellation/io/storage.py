@@ -469,6 +469,10 @@ class Storage:
         """Size, type and (on S3) ETag of a file, object or directory."""
         fs, path = self._resolve(url)
         raw = self._call("info", url, lambda: fs.info(path))
+        return self._file_info(url, raw)
+
+    @staticmethod
+    def _file_info(url: str, raw: Mapping[str, Any]) -> FileInfo:
         etag = raw.get("ETag") or raw.get("etag")
         size = raw.get("size")
         return FileInfo(
@@ -507,6 +511,14 @@ class Storage:
         fs, path = self._resolve(pattern)
         names = self._call("glob", pattern, lambda: fs.glob(path))
         return sorted(self._to_url(pattern, str(n)) for n in names)
+
+    def glob_info(self, pattern: str) -> list[FileInfo]:
+        """Like :meth:`glob`, with each match's size, type and ETag from the same listing
+        (one request on an object store), sorted by URL."""
+        fs, path = self._resolve(pattern)
+        found = self._call("glob", pattern, lambda: fs.glob(path, detail=True))
+        infos = [self._file_info(self._to_url(pattern, str(n)), raw) for n, raw in found.items()]
+        return sorted(infos, key=lambda i: i.url)
 
     # -- reads ------------------------------------------------------------------------
 

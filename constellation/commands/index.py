@@ -1,0 +1,73 @@
+"""``constellation index``: build or update the quadrant index from the VIS headers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from constellation.commands._common import fail, get_state
+
+
+def index(
+    ctx: typer.Context,
+    vis: Annotated[
+        str | None,
+        typer.Option("--vis", help="VIS prefix URL (default: {runtime.storage.data_uri}/q1/VIS)."),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Index URL (default: {runtime.storage.work_uri}/quadrant_index.parquet).",
+        ),
+    ] = None,
+    full: Annotated[
+        bool, typer.Option("--full", help="Rebuild from scratch (ignore the existing index).")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Files indexed concurrently.")] = 8,
+) -> None:
+    """Index every quadrant exposure under a VIS prefix (header reads only; incremental)."""
+    from constellation.discovery.observations import list_observations
+    from constellation.io.quadrant_index import build_quadrant_index
+    from constellation.io.storage import join_url, storage_from_config
+
+    state = get_state(ctx)
+    settings = state.settings
+    storage_cfg = settings.runtime.storage
+    vis_url = vis or join_url(storage_cfg.data_uri, "q1", "VIS")
+    out_url = out or join_url(storage_cfg.work_uri, "quadrant_index.parquet")
+    storage = storage_from_config(storage_cfg)
+    obs = list_observations(storage, vis_url)
+    if not obs.exposures:
+        fail(f"no DET file under {vis_url} (expected {{obs_id}}/EUC_VIS_SWL-DET-*.fits)")
+    with Progress(
+        TextColumn("[bold]index"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(obs.exposures))
+        summary = build_quadrant_index(
+            storage, obs, out_url, full=full, workers=workers,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )  # fmt: skip
+    s = summary
+    ratio = s.bytes_read / s.header_bytes if s.header_bytes else 0.0
+    typer.echo(
+        f"indexed {s.exposures} exposures into {out_url}: "
+        f"DET {s.det_read} read ({s.det_skipped} unchanged), "
+        f"BKG {s.bkg_read} read ({s.bkg_skipped} unchanged), "
+        f"PSF {s.psf_read} read ({s.psf_skipped} unchanged); "
+        f"{s.quadrant_exposures} quadrant exposures; {len(s.unmatched)} unmatched files; "
+        f"{s.requests} requests, {s.rounds} sequential rounds, "
+        f"{s.bytes_read / 2**20:.1f} MiB read ({ratio:.2f}x the header bytes); "
+        f"{s.seconds:.1f} s"
+    )
+    if s.det_removed:
+        typer.echo(f"dropped the rows of {s.det_removed} DET files that disappeared")
+    if s.incomplete:
+        typer.echo(f"{len(s.incomplete)} exposures without a DET file: {', '.join(s.incomplete)}")
+    if state.verbosity > 0:
+        for url in s.unmatched:
+            typer.echo(f"unmatched: {url}")

@@ -1,0 +1,1 @@
+"""Discovery: which quadrant exposures cover which tiles and sub-tiles."""

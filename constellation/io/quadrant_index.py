@@ -1,0 +1,476 @@
+"""Build (and read) the quadrant index from the DET, BKG and PSF extension headers.
+
+For every exposure of an :class:`~constellation.discovery.observations.ObservationIndex`
+the extension headers of its DET file (``{id}.SCI/.RMS/.FLG``), its BKG file
+(``{id}``) and its observation's PSF file (``{id}``; read once per URL) are read
+with :func:`~constellation.io.fits_extensions.read_extension_headers`, and one
+row per quadrant exposure is made with the columns of
+:data:`~constellation.manifest.quadrant_index.QUADRANT_INDEX_SCHEMA`. Rows are
+sorted by ``healpix`` and written as Parquet (zstd, row groups of 8192 rows).
+
+**Incremental.** The Parquet file's key-value metadata also records the
+version ``(size, etag)`` of every DET, BKG and PSF file it was built from
+(key :data:`FILES_METADATA_KEY`). On the next build, a file whose URL, size
+and version did not change is not read again: its columns are copied from the
+old rows. Rows of DET files that disappeared are dropped. ``full=True``
+ignores the old index.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from astropy.io import fits
+from astropy.wcs import WCS, FITSFixedWarning
+
+from constellation.io.fits_extensions import (
+    DEFAULT_RANGE_WORKERS,
+    ExtensionHeader,
+    ExtensionScan,
+    read_extension_headers,
+)
+from constellation.manifest.quadrant_index import (
+    FOOTPRINT_VERTICES,
+    INDEX_VERSION,
+    METADATA_KEYS,
+    QUADRANT_INDEX_SCHEMA,
+    exposure_key,
+)
+from constellation.sky.healpix import radec_to_index
+
+if TYPE_CHECKING:
+    from constellation.discovery.observations import ExposureFiles, FileRef, ObservationIndex
+    from constellation.io.storage import Storage
+
+__all__ = [
+    "FILES_METADATA_KEY",
+    "FOOTPRINT_MARGIN_PX",
+    "HEALPIX_ORDER",
+    "ROW_GROUP_SIZE",
+    "IndexSummary",
+    "build_quadrant_index",
+    "quadrant_footprint",
+    "read_quadrant_index",
+    "wcs_cards_text",
+]
+
+log = logging.getLogger(__name__)
+
+HEALPIX_ORDER = 29
+ROW_GROUP_SIZE = 8192
+FOOTPRINT_MARGIN_PX = 2.0
+"""Pixels by which the footprint polygon is grown beyond the quadrant's pixel edges."""
+
+FILES_METADATA_KEY = b"constellation.quadrant_index.files"
+"""Key-value metadata: JSON ``{url: [size, etag]}`` of the files the index was built from."""
+
+_WCS_KEY = re.compile(r"^(CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CD\d_\d|PV\d_\d+|RADESYS|NAXIS[12])$")
+_PREFIXES = ("sci", "rms", "flg")
+_BKG_COLS = [f.name for f in QUADRANT_INDEX_SCHEMA if f.name.startswith("bkg_")]
+_PSF_COLS = [f.name for f in QUADRANT_INDEX_SCHEMA if f.name.startswith("psf_")]
+_DET_COLS = [
+    f.name for f in QUADRANT_INDEX_SCHEMA if f.name not in _BKG_COLS and f.name not in _PSF_COLS
+]
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class IndexSummary:
+    """What :func:`build_quadrant_index` did."""
+
+    url: str
+    exposures: int = 0
+    quadrant_exposures: int = 0
+    det_read: int = 0
+    det_skipped: int = 0
+    bkg_read: int = 0
+    bkg_skipped: int = 0
+    psf_read: int = 0
+    psf_skipped: int = 0
+    det_removed: int = 0
+    unmatched: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    requests: int = 0
+    rounds: int = 0  # max sequential rounds over the files read
+    bytes_read: int = 0
+    header_bytes: int = 0  # bytes of the headers of the files read
+    seconds: float = 0.0
+
+    @property
+    def files_read(self) -> int:
+        return self.det_read + self.bkg_read + self.psf_read
+
+    @property
+    def files_skipped(self) -> int:
+        return self.det_skipped + self.bkg_skipped + self.psf_skipped
+
+
+# -- geometry --------------------------------------------------------------------------
+
+
+def wcs_cards_text(header: fits.Header) -> str:
+    """The WCS cards (CTYPE, CUNIT, CRPIX, CRVAL, CD, PV, RADESYS, NAXIS1/2) of a
+    header as text, one card per line (``fits.Header.fromstring(text, sep="\\n")``)."""
+    cards = [c for c in header.cards if _WCS_KEY.match(c.keyword)]
+    text: str = fits.Header(cards).tostring(sep="\n", padding=False, endcard=False)
+    return text
+
+
+def _wcs(text: str) -> WCS:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        return WCS(fits.Header.fromstring(text, sep="\n"))
+
+
+def _edge_pixels(nx: int, ny: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    per_edge = FOOTPRINT_VERTICES // 4
+    x0, x1 = -0.5 - margin, nx - 0.5 + margin
+    y0, y1 = -0.5 - margin, ny - 0.5 + margin
+    t = np.arange(per_edge) / per_edge
+    xs = np.concatenate([x0 + (x1 - x0) * t, np.full(per_edge, x1), x1 - (x1 - x0) * t,
+                         np.full(per_edge, x0)])  # fmt: skip
+    ys = np.concatenate([np.full(per_edge, y0), y0 + (y1 - y0) * t, np.full(per_edge, y1),
+                         y1 - (y1 - y0) * t])  # fmt: skip
+    return xs, ys
+
+
+def quadrant_footprint(
+    wcs: WCS, nx: int, ny: int, margin_px: float = FOOTPRINT_MARGIN_PX
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(footprint RA, footprint Dec, centre RA, centre Dec) of a quadrant, degrees.
+
+    The footprint walks the pixel edges (``-0.5 - margin`` and ``N - 0.5 + margin``,
+    0-based), 8 points per edge, through the full WCS (TPV included).
+    """
+    xs, ys = _edge_pixels(nx, ny, margin_px)
+    ra, dec = wcs.all_pix2world(xs, ys, 0)
+    cra, cdec = wcs.all_pix2world(np.array([(nx - 1) / 2.0]), np.array([(ny - 1) / 2.0]), 0)
+    return np.mod(ra, 360.0), np.asarray(dec), float(cra[0]) % 360.0, float(cdec[0])
+
+
+# -- rows ------------------------------------------------------------------------------
+
+
+def _ext_cols(prefix: str, ext: ExtensionHeader) -> dict[str, Any]:
+    return {
+        f"{prefix}_header_offset": ext.header_offset,
+        f"{prefix}_header_bytes": ext.header_bytes,
+        f"{prefix}_data_offset": ext.data_offset,
+        f"{prefix}_data_bytes": ext.data_bytes,
+    }
+
+
+def _float(header: fits.Header, primary: fits.Header, key: str, url: str, ext: str) -> float:
+    value = header.get(key, primary.get(key))
+    if value is None:
+        raise ValueError(f"{url}: extension {ext} has no {key}")
+    try:
+        return float(str(value).strip()) if isinstance(value, str) else float(value)
+    except ValueError:
+        raise ValueError(f"{url}: extension {ext}: {key} = {value!r} is not a number") from None
+
+
+def _det_rows(e: ExposureFiles, scan: ExtensionScan) -> dict[str, dict[str, Any]]:
+    """The DET part of the rows of one exposure, by quadrant id."""
+    assert e.det is not None
+    layers: dict[str, dict[str, ExtensionHeader]] = {}
+    for ext in scan.extensions:
+        qid, _, layer = ext.extname.rpartition(".")
+        if layer in ("SCI", "RMS", "FLG") and qid:
+            layers.setdefault(qid, {})[layer] = ext
+        else:
+            log.warning("%s: unexpected extension %r ignored", e.det.url, ext.extname)
+    rows: dict[str, dict[str, Any]] = {}
+    for qid, parts in sorted(layers.items()):
+        if len(parts) != 3:
+            log.warning("%s: quadrant %s lacks %s; skipped", e.det.url, qid,
+                        sorted({"SCI", "RMS", "FLG"} - parts.keys()))  # fmt: skip
+            continue
+        sci = parts["SCI"].header
+        nx, ny = int(sci["NAXIS1"]), int(sci["NAXIS2"])
+        text = wcs_cards_text(sci)
+        fra, fdec, cra, cdec = quadrant_footprint(_wcs(text), nx, ny)
+        row: dict[str, Any] = {
+            "healpix": 0,
+            "center_ra": cra,
+            "center_dec": cdec,
+            "footprint_ra": fra.tolist(),
+            "footprint_dec": fdec.tolist(),
+            "exposure": exposure_key(e.obs_id, e.dither, e.expnum),
+            "obs_id": e.obs_id,
+            "dither": e.dither,
+            "expnum": e.expnum,
+            "quadrant": qid,
+            "exptime": _float(sci, scan.primary, "EXPTIME", e.det.url, qid),
+            "magzerop": _float(sci, scan.primary, "MAGZEROP", e.det.url, qid),
+            "gain": _float(sci, scan.primary, "GAIN", e.det.url, qid),
+            "naxis1": nx,
+            "naxis2": ny,
+            "wcs_header": text,
+            "det_url": e.det.url,
+            "det_size": e.det.size,
+            "det_etag": e.det.etag,
+        }
+        for prefix in _PREFIXES:
+            row.update(_ext_cols(prefix, parts[prefix.upper()]))
+        rows[qid] = row
+    return rows
+
+
+def _part_rows(url: str, prefix: str, scan: ExtensionScan) -> dict[str, dict[str, Any]]:
+    """The BKG or PSF part of the rows, by quadrant id (extension names are bare ids)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, ext in scan.by_name().items():
+        cols = _ext_cols(prefix, ext)
+        cols[f"{prefix}_url"] = url
+        out[name] = cols
+    return out
+
+
+def _null_part(cols: Sequence[str]) -> dict[str, Any]:
+    return dict.fromkeys(cols)
+
+
+# -- the old index ---------------------------------------------------------------------
+
+
+@dataclass
+class _Previous:
+    versions: dict[str, tuple[int, str | None]]
+    det: dict[str, dict[str, dict[str, Any]]]  # det_url -> quadrant -> DET columns
+    bkg: dict[str, dict[str, dict[str, Any]]]  # bkg_url -> quadrant -> BKG columns
+    psf: dict[str, dict[str, dict[str, Any]]]  # psf_url -> quadrant -> PSF columns
+
+    def unchanged(self, ref: FileRef) -> bool:
+        return self.versions.get(ref.url) == (ref.size, ref.etag)
+
+
+def _load_previous(storage: Storage, url: str) -> _Previous | None:
+    if not storage.exists(url):
+        return None
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(url)))
+    except (OSError, pa.ArrowException) as exc:
+        log.warning("existing index %s unreadable (%s): rebuilding it", url, exc)
+        return None
+    meta = table.schema.metadata or {}
+    if meta.get(METADATA_KEYS["version"]) != str(INDEX_VERSION).encode() or (
+        table.schema.remove_metadata() != QUADRANT_INDEX_SCHEMA
+    ):
+        log.warning("existing index %s has another version or schema: rebuilding it", url)
+        return None
+    versions = {
+        k: (int(v[0]), v[1]) for k, v in json.loads(meta.get(FILES_METADATA_KEY, b"{}")).items()
+    }
+    prev = _Previous(versions, {}, {}, {})
+    for row in table.to_pylist():
+        q = row["quadrant"]
+        prev.det.setdefault(row["det_url"], {})[q] = {c: row[c] for c in _DET_COLS}
+        if row["bkg_url"] is not None:
+            prev.bkg.setdefault(row["bkg_url"], {})[q] = {c: row[c] for c in _BKG_COLS}
+        if row["psf_url"] is not None:
+            prev.psf.setdefault(row["psf_url"], {})[q] = {c: row[c] for c in _PSF_COLS}
+    return prev
+
+
+# -- the build -------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, storage: Storage, prev: _Previous | None, range_workers: int) -> None:
+        self.storage = storage
+        self.prev = prev
+        self.pool = ThreadPoolExecutor(max_workers=max(1, range_workers))
+        self.lock = threading.Lock()
+        self.summary_counts: dict[str, int] = {}
+        self.rounds = 0
+        self.header_bytes = 0
+        self.psf_futures: dict[str, Future[dict[str, dict[str, Any]]]] = {}
+        self.bkg_cache: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def count(self, name: str) -> None:
+        with self.lock:
+            self.summary_counts[name] = self.summary_counts.get(name, 0) + 1
+
+    def scan(self, ref: FileRef) -> ExtensionScan:
+        scan = read_extension_headers(self.storage, ref.url, size=ref.size, executor=self.pool)
+        with self.lock:
+            self.rounds = max(self.rounds, scan.rounds)
+            self.header_bytes += scan.header_bytes_total
+        return scan
+
+    def _cached(
+        self, ref: FileRef, kind: str, old: dict[str, dict[str, dict[str, Any]]] | None
+    ) -> dict[str, dict[str, Any]]:
+        prev = self.prev
+        if prev is not None and old is not None and prev.unchanged(ref) and ref.url in old:
+            self.count(f"{kind}_skipped")
+            return old[ref.url]
+        self.count(f"{kind}_read")
+        return _part_rows(ref.url, kind, self.scan(ref))
+
+    def psf_part(self, ref: FileRef) -> dict[str, dict[str, Any]]:
+        """The PSF part of a PSF file, read at most once per URL (shared by exposures)."""
+        with self.lock:
+            fut = self.psf_futures.get(ref.url)
+            owner = fut is None
+            if fut is None:
+                fut = Future()
+                self.psf_futures[ref.url] = fut
+        if owner:
+            try:
+                fut.set_result(self._cached(ref, "psf", self.prev.psf if self.prev else None))
+            except BaseException as exc:
+                fut.set_exception(exc)
+        return fut.result()
+
+    def exposure_rows(self, e: ExposureFiles) -> list[dict[str, Any]]:
+        assert e.det is not None
+        prev = self.prev
+        if prev is not None and prev.unchanged(e.det) and e.det.url in prev.det:
+            self.count("det_skipped")
+            det = prev.det[e.det.url]
+        else:
+            self.count("det_read")
+            det = _det_rows(e, self.scan(e.det))
+        bkg = self._cached(e.bkg, "bkg", prev.bkg if prev else None) if e.bkg else {}
+        psf = self.psf_part(e.psf) if e.psf else {}
+        rows = []
+        for qid, det_cols in det.items():
+            row = dict(det_cols)
+            row.update(bkg.get(qid) or _null_part(_BKG_COLS))
+            row.update(psf.get(qid) or _null_part(_PSF_COLS))
+            if e.bkg is not None and qid not in bkg:
+                log.warning("%s: no extension %s", e.bkg.url, qid)
+            if e.psf is not None and qid not in psf:
+                log.warning("%s: no extension %s", e.psf.url, qid)
+            rows.append(row)
+        return rows
+
+
+def _to_table(rows: list[dict[str, Any]], versions: dict[str, list[Any]]) -> pa.Table:
+    if rows:
+        hp = radec_to_index(
+            np.array([r["center_ra"] for r in rows]), np.array([r["center_dec"] for r in rows])
+        )
+        for r, h in zip(rows, hp.tolist(), strict=True):
+            r["healpix"] = h
+        rows.sort(key=lambda r: (r["healpix"], r["exposure"], r["quadrant"]))
+    table = pa.Table.from_pylist(rows, schema=QUADRANT_INDEX_SCHEMA)
+    return table.replace_schema_metadata(
+        {
+            METADATA_KEYS["version"]: str(INDEX_VERSION).encode(),
+            METADATA_KEYS["healpix_order"]: str(HEALPIX_ORDER).encode(),
+            FILES_METADATA_KEY: json.dumps(versions, sort_keys=True).encode(),
+        }
+    )
+
+
+def build_quadrant_index(
+    storage: Storage,
+    observations: ObservationIndex | str,
+    out_url: str,
+    *,
+    full: bool = False,
+    workers: int = 8,
+    range_workers: int = DEFAULT_RANGE_WORKERS,
+    progress: ProgressFn | None = None,
+) -> IndexSummary:
+    """Build or update the quadrant index at ``out_url`` (Parquet, written atomically).
+
+    Parameters
+    ----------
+    storage
+        Reads the VIS files, reads and writes the index.
+    observations
+        The observation index, or a VIS prefix URL to list
+        (:func:`~constellation.discovery.observations.list_observations`).
+    out_url
+        Where the index is (if it exists and ``full`` is false, the build is
+        incremental) and is written.
+    workers
+        Files indexed concurrently.
+    range_workers
+        Concurrent ranged reads (a pool shared by all files).
+    progress
+        ``progress(done, total)`` over the exposures.
+    """
+    from constellation.discovery.observations import list_observations
+
+    t0 = time.perf_counter()
+    before = storage.stats.snapshot()
+    if isinstance(observations, str):
+        obs = list_observations(storage, observations)
+    else:
+        obs = observations
+    prev = None if full else _load_previous(storage, out_url)
+    builder = _Builder(storage, prev, range_workers)
+    total = len(obs.exposures)
+    done = 0
+    if progress:
+        progress(0, total)
+    rows: list[dict[str, Any]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(builder.exposure_rows, e) for e in obs.exposures]
+            for fut in futures:
+                rows.extend(fut.result())
+                done += 1
+                if progress:
+                    progress(done, total)
+    finally:
+        builder.pool.shutdown(wait=True)
+    versions: dict[str, list[Any]] = {}
+    for e in obs.exposures:
+        for ref in (e.det, e.bkg, e.psf):
+            if ref is not None:
+                versions[ref.url] = [ref.size, ref.etag]
+    table = _to_table(rows, versions)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_SIZE)
+    storage.write_bytes(out_url, buf.getvalue())
+
+    after = storage.stats.snapshot()
+    c = builder.summary_counts
+    current = {e.det.url for e in obs.exposures if e.det is not None}
+    return IndexSummary(
+        url=out_url,
+        exposures=total,
+        quadrant_exposures=table.num_rows,
+        det_read=c.get("det_read", 0),
+        det_skipped=c.get("det_skipped", 0),
+        bkg_read=c.get("bkg_read", 0),
+        bkg_skipped=c.get("bkg_skipped", 0),
+        psf_read=c.get("psf_read", 0),
+        psf_skipped=c.get("psf_skipped", 0),
+        det_removed=len(set(prev.det) - current) if prev else 0,
+        unmatched=list(obs.unmatched),
+        incomplete=[e.key for e in obs.incomplete],
+        requests=after.requests - before.requests,
+        rounds=builder.rounds,
+        bytes_read=after.bytes_read - before.bytes_read,
+        header_bytes=builder.header_bytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def read_quadrant_index(
+    storage: Storage, url: str, columns: Sequence[str] | None = None
+) -> pa.Table:
+    """Read the quadrant index (all of it, or some ``columns``) with its metadata."""
+    data = storage.read_bytes(url)
+    return pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
