@@ -17,6 +17,7 @@ from constellation.commands import config as config_commands
 from constellation.commands import tiles
 from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
 from constellation.commands.index import index
+from constellation.commands.prepare import plan, prepare
 from constellation.commands.simulate import simulate
 from constellation.config import CONFIG_ENV_VAR, ConfigError
 from constellation.logging import setup_logging
@@ -47,6 +48,8 @@ app.add_typer(tiles.app, name="tiles")
 app.add_typer(config_commands.app, name="config")
 app.command("simulate")(simulate)
 app.command("index")(index)
+app.command("prepare")(prepare)
+app.command("plan")(plan)
 
 
 def _print_version(value: bool) -> None:

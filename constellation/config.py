@@ -46,6 +46,7 @@ __all__ = [
     "ENV_PREFIX",
     "CatalogConfig",
     "ConfigError",
+    "ExposurePolicy",
     "HealpixConfig",
     "RayConfig",
     "RuntimeConfig",
@@ -204,6 +205,40 @@ class ShineSections(_Section):
     )
 
 
+class ExposurePolicy(_Section):
+    """Which quadrant exposures a sub-tile manifest lists (see ``docs/prepare.md``)."""
+
+    include_short: bool = Field(
+        default=False,
+        description=(
+            "Keep the short exposures (expnum 2 or exptime < short_exptime_s); by default "
+            "only the nominal ~560 s exposures are used."
+        ),
+    )
+    short_exptime_s: float = Field(
+        default=200.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Exposures shorter than this many seconds count as short.",
+    )
+    drop_invisible: bool = Field(
+        default=True,
+        description=(
+            "Drop a quadrant exposure from a sub-tile when none of the sub-tile's extended-area "
+            "sources lies inside the quadrant footprint shrunk by visibility_margin_arcsec."
+        ),
+    )
+    visibility_margin_arcsec: float = Field(
+        default=3.2,
+        ge=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Inward margin of the visibility test, in arcsec: half of SHINE's smallest stamp "
+            "tier (64 px / 2 x 0.1 arcsec), measured in the tile plane."
+        ),
+    )
+
+
 class ScienceConfig(_Section):
     """Everything that affects the results; hashed by :func:`config_hash`."""
 
@@ -215,6 +250,10 @@ class ScienceConfig(_Section):
     )
     shine: ShineSections = Field(
         default_factory=ShineSections, description="Pass-through sections for SHINE."
+    )
+    exposures: ExposurePolicy = Field(
+        default_factory=ExposurePolicy,
+        description="Which quadrant exposures the sub-tile manifests list.",
     )
 
 

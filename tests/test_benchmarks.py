@@ -55,3 +55,18 @@ def test_partition_benchmark_quick() -> None:
         assert value > 0, (name, value)
     for name in TEXT:
         assert values[name].strip(), name
+
+
+def test_prepare_benchmark_quick() -> None:
+    script = SCRIPT.parent / "prepare.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    assert sorted(values) == ["prepare_manifest_dump_ms", "prepare_peak_rss_mb", "prepare_tile_s"]
+    assert all(math.isfinite(float(v)) and float(v) > 0 for v in values.values())

@@ -1,0 +1,121 @@
+"""``constellation prepare`` and ``constellation plan``: write and list sub-tile manifests."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from constellation.commands._common import fail, get_state
+
+if TYPE_CHECKING:
+    from constellation.config import Settings
+    from constellation.io.storage import Storage
+    from constellation.sky.registry import TileRegistry
+
+TileOption = Annotated[
+    list[int] | None,
+    typer.Option("--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else all."),
+]
+
+
+def _registry(storage: Storage, settings: Settings) -> TileRegistry:
+    import pyarrow.parquet as pq
+
+    from constellation.manifest import layout
+    from constellation.sky.registry import TileRegistry
+
+    url = layout.registry_url(settings.runtime.storage.work_uri)
+    if not storage.exists(url):
+        fail(f"no tile registry at {url}: run 'constellation tiles resolve' first")
+    return TileRegistry.from_arrow(pq.read_table(io.BytesIO(storage.read_bytes(url))))
+
+
+def _tile_ids(tiles: list[int] | None, settings: Settings, registry: TileRegistry) -> list[int]:
+    if tiles:
+        return sorted(set(tiles))
+    if settings.runtime.tiles:
+        return sorted(set(settings.runtime.tiles))
+    return [int(t) for t in registry.tile_id]
+
+
+def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
+    """Write each sub-tile's manifest, source table and done marker (idempotent)."""
+    from constellation.io.storage import storage_from_config
+    from constellation.stages.prepare import plan as plan_stage
+    from constellation.stages.prepare import run_one
+
+    settings = get_state(ctx).settings
+    storage = storage_from_config(settings.runtime.storage)
+    registry = _registry(storage, settings)
+    ids = _tile_ids(tile, settings, registry)
+    try:
+        items = plan_stage(settings, registry, ids)
+    except KeyError as exc:
+        fail(str(exc.args[0]))
+    results = []
+    with Progress(
+        TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(items))
+        for item in items:
+            results.append(run_one(item, storage))
+            bar.advance(task)
+    prepared = [r for r in results if not r.skipped]
+    typer.echo(
+        f"prepared {len(results)} tiles ({sum(r.subtiles for r in results)} sub-tiles): "
+        f"{sum(r.written for r in results)} manifests written, "
+        f"{sum(r.unchanged for r in results)} unchanged "
+        f"({len(results) - len(prepared)} tiles already done); "
+        f"{sum(r.sources for r in prepared)} sources, "
+        f"{sum(r.exposures for r in prepared)} quadrant exposures"
+    )
+    missing = [r.tile_id for r in results if r.missing_catalog]
+    if missing:
+        typer.echo(f"tiles without a MER catalog: {', '.join(map(str, missing))}")
+
+
+def plan(
+    ctx: typer.Context,
+    tile: TileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """List the prepared sub-tiles (from their manifests): sources, exposures, quadrants."""
+    from constellation.io.storage import storage_from_config
+    from constellation.manifest import layout
+    from constellation.manifest.subtile import parse_manifest
+
+    settings = get_state(ctx).settings
+    storage = storage_from_config(settings.runtime.storage)
+    registry = _registry(storage, settings)
+    grid = settings.science.tiling.grid()
+    work = settings.runtime.storage.work_uri
+    rows = []
+    for tid in _tile_ids(tile, settings, registry):
+        for r in range(grid.n_rows):
+            for c in range(grid.n_cols):
+                url = layout.manifest_url(work, tid, r, c)
+                if not storage.exists(url):
+                    continue
+                m = parse_manifest(storage.read_bytes(url))
+                rows.append({
+                    "tile": tid, "row": r, "col": c, "core": m.sources.n_core,
+                    "extended": m.sources.n_extended, "exposures": len(m.exposures),
+                    "quadrants": m.n_quadrants,
+                })  # fmt: skip
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, sort_keys=True))
+        return
+    if not rows:
+        fail("no manifests found: run 'constellation prepare' first")
+    table = Table("tile", "row", "col", "core", "extended", "exposures", "quadrants")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    Console().print(table)

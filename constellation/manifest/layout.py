@@ -1,0 +1,95 @@
+"""Where the prepare stage writes, as pure functions of identifiers (no I/O).
+
+Layout under the work root::
+
+    {work_uri}/quadrant_index.parquet
+    {work_uri}/registry.parquet
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/manifest.yaml
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/sources.parquet
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/_DONE.json
+
+The manifest refers to its source table by the relative name
+:data:`SOURCES_NAME`, so a sub-tile directory can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DONE_NAME",
+    "MANIFEST_NAME",
+    "SOURCES_NAME",
+    "done_url",
+    "join",
+    "manifest_url",
+    "quadrant_index_url",
+    "registry_url",
+    "resolve_relative",
+    "sources_url",
+    "subtile_dir",
+    "subtile_name",
+    "tile_dir",
+]
+
+MANIFEST_NAME = "manifest.yaml"
+SOURCES_NAME = "sources.parquet"
+DONE_NAME = "_DONE.json"
+
+
+def join(base: str, *parts: str) -> str:
+    """``base`` and ``parts`` joined with single slashes (URLs and local paths alike)."""
+    out = base.rstrip("/") or base
+    for part in parts:
+        out = f"{out}/{part.strip('/')}" if out != "/" else f"/{part.strip('/')}"
+    return out
+
+
+def quadrant_index_url(work_uri: str) -> str:
+    """The quadrant index built by ``constellation index``."""
+    return join(work_uri, "quadrant_index.parquet")
+
+
+def registry_url(work_uri: str) -> str:
+    """The cached tile registry."""
+    return join(work_uri, "registry.parquet")
+
+
+def tile_dir(work_uri: str, tile_id: int) -> str:
+    """Directory of one tile's outputs."""
+    return join(work_uri, "tiles", str(int(tile_id)))
+
+
+def subtile_name(row: int, col: int) -> str:
+    """The directory name of sub-tile ``(row, col)``: ``r{row}_c{col}``."""
+    return f"r{int(row)}_c{int(col)}"
+
+
+def subtile_dir(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """Directory of one sub-tile's prepared inputs."""
+    return join(tile_dir(work_uri, tile_id), "subtiles", subtile_name(row, col))
+
+
+def manifest_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """The sub-tile manifest (YAML)."""
+    return join(subtile_dir(work_uri, tile_id, row, col), MANIFEST_NAME)
+
+
+def sources_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """The sub-tile source table (Parquet)."""
+    return join(subtile_dir(work_uri, tile_id, row, col), SOURCES_NAME)
+
+
+def done_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """The sub-tile's done marker (JSON)."""
+    return join(subtile_dir(work_uri, tile_id, row, col), DONE_NAME)
+
+
+def resolve_relative(manifest_location: str, uri: str) -> str:
+    """Resolve a URI written in a manifest against the manifest's own location.
+
+    Absolute paths and URLs with a scheme are returned unchanged; a relative name
+    is taken relative to the manifest's directory.
+    """
+    if uri.startswith("/") or "://" in uri:
+        return uri
+    parent = manifest_location.rstrip("/").rsplit("/", 1)[0]
+    return join(parent, uri)
