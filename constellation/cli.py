@@ -19,6 +19,7 @@ from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
 from constellation.commands.index import index
 from constellation.commands.prepare import plan, prepare
 from constellation.commands.simulate import simulate
+from constellation.commands.stage import stage
 from constellation.config import CONFIG_ENV_VAR, ConfigError
 from constellation.logging import setup_logging
 
@@ -50,6 +51,7 @@ app.command("simulate")(simulate)
 app.command("index")(index)
 app.command("prepare")(prepare)
 app.command("plan")(plan)
+app.command("stage")(stage)
 
 
 def _print_version(value: bool) -> None:

@@ -68,5 +68,13 @@ def test_prepare_benchmark_quick() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
-    assert sorted(values) == ["prepare_manifest_dump_ms", "prepare_peak_rss_mb", "prepare_tile_s"]
+    assert sorted(values) == [
+        "prepare_manifest_dump_ms",
+        "prepare_peak_rss_mb",
+        "prepare_tile_first_s",
+        "prepare_tile_s",
+        "stage_bytes_ratio",
+        "stage_s",
+    ]
+    assert float(values["stage_bytes_ratio"]) <= 1.05
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in values.values())

@@ -1,0 +1,66 @@
+"""``constellation stage``: materialise self-contained sub-tile folders."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from constellation.commands._common import fail, get_state
+
+
+def stage(
+    ctx: typer.Context,
+    dest: Annotated[
+        str,
+        typer.Option(
+            "--dest", "-d", help="Destination root: sub-tiles go to DEST/{tile}/r{row}_c{col}."
+        ),
+    ],
+    manifest_url: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sub-tile manifests to stage (URLs or paths).", show_default=False),
+    ] = None,
+    tile: Annotated[
+        list[int] | None,
+        typer.Option("--tile", "-t", help="Stage every sub-tile of this prepared tile."),
+    ] = None,
+) -> None:
+    """Copy each sub-tile's needed extensions, source table and manifest into a folder
+    (ranged reads only; idempotent)."""
+    from constellation.io.storage import storage_from_config
+    from constellation.manifest import layout
+    from constellation.stages.stage import stage_subtile
+
+    settings = get_state(ctx).settings
+    storage = storage_from_config(settings.runtime.storage)
+    urls = list(manifest_url or [])
+    if tile:
+        grid = settings.science.tiling.grid()
+        work = settings.runtime.storage.work_uri
+        for tid in sorted(set(tile)):
+            found = [
+                layout.manifest_url(work, tid, r, c)
+                for r in range(grid.n_rows)
+                for c in range(grid.n_cols)
+            ]
+            found = [u for u in found if storage.exists(u)]
+            if not found:
+                fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
+            urls.extend(found)
+    if not urls:
+        fail("give manifest URLs or --tile")
+    t0 = time.perf_counter()
+    results = [stage_subtile(url, dest, storage, per_subtile=True) for url in urls]
+    moved = sum(r.bytes_moved for r in results)
+    ext_moved = sum(r.extension_bytes_moved for r in results)
+    needed = sum(r.needed_bytes for r in results)
+    ratio = ext_moved / needed if needed else 1.0
+    typer.echo(
+        f"staged {len(results)} sub-tiles, {sum(r.exposures for r in results)} exposures "
+        f"({sum(r.files_written for r in results)} files written, "
+        f"{sum(r.files_unchanged for r in results)} unchanged); "
+        f"{moved} bytes moved ({ext_moved} for extensions), {needed} needed bytes, "
+        f"ratio {ratio:.3f}; {time.perf_counter() - t0:.2f} s"
+    )
