@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from constellation.io.fits_headers import header_data_span
+
 __all__ = ["BLOCK", "HduSpec", "assemble_bytes", "data_span", "write_sparse"]
 
 BLOCK = 2880
@@ -41,14 +43,7 @@ def data_span(header: fits.Header | HduSpec) -> int:
         if isinstance(header.header, bytes):
             return header.span
         header = header.header
-    naxis = int(header.get("NAXIS", 0))
-    if naxis == 0:
-        return 0
-    n = abs(int(header["BITPIX"])) // 8
-    for k in range(1, naxis + 1):
-        n *= int(header[f"NAXIS{k}"])
-    n = int(header.get("GCOUNT", 1)) * (int(header.get("PCOUNT", 0)) + n)
-    return n + _pad(n)
+    return header_data_span(header)
 
 
 def _header_bytes(header: fits.Header | bytes) -> bytes:

@@ -16,13 +16,13 @@ import io
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
+from constellation.io.storage import local_path
 from constellation.simulate import focal_plane
 from constellation.simulate.field import Exposure, FieldPlan
 from constellation.simulate.fitsbytes import (
@@ -354,14 +354,6 @@ def catalog_bytes(tile_id: int, sources: SourceSet) -> bytes:
 # -- orchestration ---------------------------------------------------------------------
 
 
-def _local_path(url: str) -> Path | None:
-    if url.startswith("file://"):
-        return Path(url[len("file://") :])
-    if "://" not in url:
-        return Path(url)
-    return None
-
-
 def write_field_files(
     plan: FieldPlan,
     sources: SourceSet,
@@ -372,7 +364,7 @@ def write_field_files(
     """Write every file of the field under ``root``; returns bytes written per kind."""
     spec = plan.spec
     sparse = spec.mode in ("sparse", "pixels")
-    local_root = _local_path(root)
+    local_root = local_path(root)
     if sparse and local_root is None:
         raise ValueError(f"{spec.mode} mode writes sparse files and needs a local root, got {root}")
     written: dict[str, int] = {}

@@ -205,8 +205,8 @@ def test_stage_from_s3(
     sub.mkdir()
     (sub / layout.MANIFEST_NAME).write_bytes(dump_manifest(on_s3))
     (sub / layout.SOURCES_NAME).write_bytes((Path(url).parent / layout.SOURCES_NAME).read_bytes())
-    upload_tree(sub, s3_bucket, "work")
-    s3_manifest = f"s3://{s3_bucket}/work/{layout.MANIFEST_NAME}"
+    upload_tree(sub, s3_bucket, "prepared")
+    s3_manifest = f"s3://{s3_bucket}/prepared/{layout.MANIFEST_NAME}"
 
     dest = tmp_path / "staged"
     result = stage_subtile(s3_manifest, str(dest), anon_s3_storage)
