@@ -64,7 +64,7 @@ def test_join_url(base: str, parts: tuple[str, ...], expected: str) -> None:
 
 def test_local_path() -> None:
     assert local_path("data/x.fits") == Path("data/x.fits")
-    assert local_path("file:///tmp/x.fits") == Path("/tmp/x.fits")
+    assert local_path("file:///data/x.fits") == Path("/data/x.fits")
     assert local_path("s3://bucket/x.fits") is None
     assert local_path("memory://x") is None
 
