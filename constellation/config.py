@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -239,6 +239,56 @@ class ExposurePolicy(_Section):
     )
 
 
+class MockBackendConfig(_Section):
+    """Settings of the ``mock`` inference backend (a stand-in for SHINE, no GPU needed)."""
+
+    mode: Literal["truth", "random"] = Field(
+        default="truth",
+        description=(
+            "'truth': the simulated field's injected shear at the sub-tile centre plus Gaussian "
+            "noise of sigma = shape_noise / sqrt(n_core), per-source truth parameters; "
+            "'random': plausible random values."
+        ),
+    )
+    shape_noise: float = Field(
+        default=0.26,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Per-galaxy shape noise; the shear error is shape_noise / sqrt(n_core).",
+    )
+    truth_uri: str | None = Field(
+        default=None,
+        description=(
+            "Truth folder of a simulated field (field.json, sources.parquet); "
+            "null = {runtime.storage.data_uri}/truth."
+        ),
+    )
+    sleep_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Simulated run time per sub-tile, s (exercises scheduling).",
+    )
+    fail_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of sub-tiles that fail deterministically (exercises failure paths).",
+    )
+
+
+class BackendConfig(_Section):
+    """Which inference backend fits the sub-tiles."""
+
+    name: Literal["shine", "mock"] = Field(
+        default="shine",
+        description="'shine': SHINE in-process (needs shine.euclid); 'mock': the mock backend.",
+    )
+    mock: MockBackendConfig = Field(
+        default_factory=MockBackendConfig, description="Settings of the mock backend."
+    )
+
+
 class ScienceConfig(_Section):
     """Everything that affects the results; hashed by :func:`config_hash`."""
 
@@ -254,6 +304,9 @@ class ScienceConfig(_Section):
     exposures: ExposurePolicy = Field(
         default_factory=ExposurePolicy,
         description="Which quadrant exposures the sub-tile manifests list.",
+    )
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig, description="Inference backend for the sub-tiles."
     )
 
 

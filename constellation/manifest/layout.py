@@ -7,6 +7,8 @@ Layout under the work root::
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/manifest.yaml
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/sources.parquet
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/_DONE.json
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/result.parquet   (inference)
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/_RESULT.json     (inference done marker)
 
 The manifest refers to its source table by the relative name
 :data:`SOURCES_NAME`, so a sub-tile directory can be moved or copied as a whole.
@@ -17,6 +19,8 @@ from __future__ import annotations
 __all__ = [
     "DONE_NAME",
     "MANIFEST_NAME",
+    "RESULT_DONE_NAME",
+    "RESULT_NAME",
     "SOURCES_NAME",
     "done_url",
     "join",
@@ -24,6 +28,8 @@ __all__ = [
     "quadrant_index_url",
     "registry_url",
     "resolve_relative",
+    "result_done_url",
+    "result_url",
     "sources_url",
     "subtile_dir",
     "subtile_name",
@@ -33,6 +39,8 @@ __all__ = [
 MANIFEST_NAME = "manifest.yaml"
 SOURCES_NAME = "sources.parquet"
 DONE_NAME = "_DONE.json"
+RESULT_NAME = "result.parquet"
+RESULT_DONE_NAME = "_RESULT.json"
 
 
 def join(base: str, *parts: str) -> str:
@@ -81,6 +89,16 @@ def sources_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
 def done_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
     """The sub-tile's done marker (JSON)."""
     return join(subtile_dir(work_uri, tile_id, row, col), DONE_NAME)
+
+
+def result_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """The sub-tile's inference result (Parquet: core-source rows + the sub-tile row)."""
+    return join(subtile_dir(work_uri, tile_id, row, col), RESULT_NAME)
+
+
+def result_done_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
+    """The sub-tile's inference done marker (JSON), written after the result."""
+    return join(subtile_dir(work_uri, tile_id, row, col), RESULT_DONE_NAME)
 
 
 def resolve_relative(manifest_location: str, uri: str) -> str:

@@ -1,0 +1,89 @@
+"""The inference backend interface.
+
+A backend fits one sub-tile. It receives the parsed manifest, where the manifest
+lives (relative URIs in it resolve against that location), the sub-tile source
+table (Parquet, lower-case MER columns, ``in_core``, ``tile_id``, ``healpix``) and
+a :class:`~constellation.io.storage.Storage` for ranged reads. It returns a
+:class:`BackendOutput`: the shear, its errors where the method gives them, a
+convergence diagnostic and a per-source parameter table keyed by ``object_id``.
+
+Everything else in a result row (identity, centre, HEALPix, status, timings,
+run id, config hash, sign convention) is filled in by
+:mod:`constellation.stages.infer`, so backends stay small. A backend raises on
+failure; the stage turns the exception into a ``failed`` result.
+
+Backends are built once per process by :func:`constellation.inference.get_backend`
+and reused across sub-tiles, so they may keep compiled models between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import pyarrow as pa
+
+from constellation.io.storage import Storage
+from constellation.manifest.subtile import SubTileManifest
+
+__all__ = ["BackendError", "BackendOutput", "InferenceBackend", "SubTileInput"]
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run (not installed, misconfigured) or failed on a sub-tile."""
+
+
+@dataclass(frozen=True)
+class SubTileInput:
+    """What a backend gets for one sub-tile."""
+
+    manifest: SubTileManifest
+    manifest_url: str  # relative URIs in the manifest resolve against this location
+    sources: pa.Table  # the sub-tile source table (extended area, in_core flag)
+    storage: Storage
+
+    @property
+    def core_sources(self) -> pa.Table:
+        """The rows with ``in_core`` true (the sources a result reports)."""
+        return self.sources.filter(self.sources.column("in_core"))
+
+
+@dataclass
+class BackendOutput:
+    """What a backend returns for one sub-tile.
+
+    ``sources`` has an ``object_id`` (int64) column and any of the parameter
+    columns of :data:`constellation.results.schema.SOURCE_PARAMETERS` and their
+    ``*_err`` companions (float64, null where unknown). It may hold all modelled
+    sources; only core sources are kept in the result. Core sources the backend
+    did not fit (e.g. not selected) appear in the result with null parameters.
+    """
+
+    g1: float
+    g2: float
+    method: str
+    n_sources_modelled: int
+    sources: pa.Table
+    g1_err: float | None = None
+    g2_err: float | None = None
+    g1_g2_cov: float | None = None
+    convergence: float | None = None
+    convergence_kind: str | None = None
+    n_exposures: int | None = None  # None = all exposures of the manifest
+    t_load_s: float = 0.0
+    t_infer_s: float = 0.0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class InferenceBackend(Protocol):
+    """A sub-tile inference backend."""
+
+    #: Short name recorded in results ("shine", "mock").
+    name: str
+    #: Version of the underlying package, recorded in results.
+    version: str
+
+    def run(self, item: SubTileInput) -> BackendOutput:
+        """Fit one sub-tile; raise on failure."""
+        ...

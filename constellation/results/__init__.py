@@ -1,0 +1,1 @@
+"""Sub-tile inference results: the contract (schemas) and their storage."""

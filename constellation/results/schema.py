@@ -1,0 +1,134 @@
+"""The results contract (inference -> assembly), DESIGN §4.2.
+
+Each inferred sub-tile yields
+
+* one **sub-tile row** (:data:`SUBTILE_SCHEMA`): identity, centre, shear and its
+  errors, counts, method and convergence diagnostic, backend, status, timings,
+  run id, config hash and the shear sign convention;
+* zero or more **source rows** (:data:`SOURCE_SCHEMA`): the fitted parameters of
+  the sub-tile's *core* sources only, so that every source of the survey appears
+  in exactly one sub-tile.
+
+Both schemas are exact: writers build tables with them and readers check them, so
+the Iceberg tables built from them (``constellation.catalog``) see fixed types,
+nullability and integer widths.
+
+Shear sign convention (:data:`SHEAR_CONVENTION`): reduced shear in the local
+``(u, v) = (-RA cos δ, Dec)`` frame — ``u`` points west, ``v`` north — so ``+g1``
+stretches along west–east and ``+g2`` along the north-west/south-east diagonal.
+This is SHINE's frame (``local_wcs_jacobian``) and the simulator's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyarrow as pa
+
+__all__ = [
+    "SHEAR_CONVENTION",
+    "SOURCE_PARAMETERS",
+    "SOURCE_SCHEMA",
+    "STATUSES",
+    "SUBTILE_SCHEMA",
+    "Status",
+    "empty_sources",
+    "subtile_table",
+]
+
+#: Recorded in every sub-tile row; see the module docstring.
+SHEAR_CONVENTION = "reduced shear, (u, v) = (-RA cos dec, Dec): +g1 along u (west), +g2 along u=v"
+
+Status = Literal["ok", "failed", "skipped"]
+STATUSES: tuple[str, ...] = ("ok", "failed", "skipped")
+
+_F64 = pa.float64()
+_I64 = pa.int64()
+_I32 = pa.int32()
+_STR = pa.string()
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def _f(name: str, typ: pa.DataType, nullable: bool, doc: str) -> pa.Field:
+    return pa.field(name, typ, nullable=nullable, metadata={"doc": doc})
+
+
+SUBTILE_SCHEMA = pa.schema(
+    [
+        _f("tile_id", _I64, False, "Euclid MER tile index."),
+        _f("subtile_row", _I32, False, "Sub-tile row (0 = southernmost)."),
+        _f("subtile_col", _I32, False, "Sub-tile column (0 = easternmost)."),
+        _f("ra", _F64, False, "Sub-tile core centre RA, deg (ICRS)."),
+        _f("dec", _F64, False, "Sub-tile core centre Dec, deg (ICRS)."),
+        _f("healpix", _I64, False, "Nested HEALPix index of the centre at science.healpix."),
+        _f("healpix_order", _I32, False, "Order of the healpix column."),
+        _f("g1", _F64, True, "Reduced shear g1 (null unless status = ok)."),
+        _f("g2", _F64, True, "Reduced shear g2 (null unless status = ok)."),
+        _f("g1_err", _F64, True, "1-sigma error of g1; null when the method gives none (MAP)."),
+        _f("g2_err", _F64, True, "1-sigma error of g2; null when the method gives none (MAP)."),
+        _f("g1_g2_cov", _F64, True, "Covariance of g1 and g2 where available."),
+        _f("n_sources_modelled", _I32, False, "Sources modelled (extended area, selected)."),
+        _f("n_sources_core", _I32, False, "Core sources reported in the source table."),
+        _f("n_exposures", _I32, False, "Quadrant exposures used."),
+        _f("n_quadrants", _I32, False, "Distinct quadrant ids among the exposures."),
+        _f("method", _STR, False, "Inference method: map, vi, nuts (mock: mock-truth, ...)."),
+        _f("convergence", _F64, True, "Convergence diagnostic (see convergence_kind)."),
+        _f("convergence_kind", _STR, True, "What convergence is: r_hat, vi_final_loss, ..."),
+        _f("backend", _STR, False, "Backend that produced the row: shine or mock."),
+        _f("backend_version", _STR, False, "Version of the backend package."),
+        _f("status", _STR, False, "ok, failed or skipped."),
+        _f("error", _STR, True, "Error message when status is not ok."),
+        _f("t_load_s", _F64, False, "Wall time reading inputs, s."),
+        _f("t_infer_s", _F64, False, "Wall time of the inference, s."),
+        _f("t_total_s", _F64, False, "Wall time of the whole sub-tile, s."),
+        _f("finished_at", _TS, False, "When the result was written (UTC)."),
+        _f("run_id", _STR, False, "Pipeline run that produced the row."),
+        _f("config_hash", _STR, False, "Science configuration hash."),
+        _f("code_version", _STR, False, "constellation version."),
+        _f("shear_convention", _STR, False, "Shear sign convention."),
+    ]
+)
+
+#: Fitted per-source parameters; each has a nullable ``{name}_err`` companion.
+SOURCE_PARAMETERS: tuple[tuple[str, str], ...] = (
+    ("flux", "Flux, ADU (SHINE's flux site)."),
+    ("hlr", "Half-light radius, arcsec."),
+    ("e1", "Intrinsic ellipticity e1 (same frame as g1)."),
+    ("e2", "Intrinsic ellipticity e2 (same frame as g2)."),
+    ("dx", "Position offset along u (west), arcsec."),
+    ("dy", "Position offset along v (north), arcsec."),
+)
+
+SOURCE_SCHEMA = pa.schema(
+    [
+        _f("object_id", _I64, False, "MER OBJECT_ID."),
+        _f("tile_id", _I64, False, "Tile owning the source (its core holds it)."),
+        _f("subtile_row", _I32, False, "Sub-tile row that reports the source."),
+        _f("subtile_col", _I32, False, "Sub-tile column that reports the source."),
+        _f("ra", _F64, False, "RA, deg (MER catalog)."),
+        _f("dec", _F64, False, "Dec, deg (MER catalog)."),
+        _f("healpix", _I64, False, "Nested HEALPix index at science.healpix.source_order."),
+    ]
+    + [
+        f
+        for name, doc in SOURCE_PARAMETERS
+        for f in (_f(name, _F64, True, doc), _f(f"{name}_err", _F64, True, f"Error of {name}."))
+    ]
+    + [
+        _f("run_id", _STR, False, "Pipeline run that produced the row."),
+        _f("config_hash", _STR, False, "Science configuration hash."),
+    ]
+)
+
+
+def subtile_table(row: dict[str, Any]) -> pa.Table:
+    """One sub-tile row as a table of :data:`SUBTILE_SCHEMA` (missing nullable keys -> null)."""
+    unknown = set(row) - set(SUBTILE_SCHEMA.names)
+    if unknown:
+        raise ValueError(f"unknown sub-tile result columns: {sorted(unknown)}")
+    return pa.Table.from_pylist([row], schema=SUBTILE_SCHEMA)
+
+
+def empty_sources() -> pa.Table:
+    """A source table with no rows."""
+    return SOURCE_SCHEMA.empty_table()
