@@ -17,6 +17,7 @@ from constellation.commands import config as config_commands
 from constellation.commands import tiles
 from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
 from constellation.commands.index import index
+from constellation.commands.infer import infer
 from constellation.commands.prepare import plan, prepare
 from constellation.commands.simulate import simulate
 from constellation.commands.stage import stage
@@ -52,6 +53,7 @@ app.command("index")(index)
 app.command("prepare")(prepare)
 app.command("plan")(plan)
 app.command("stage")(stage)
+app.command("infer")(infer)
 
 
 def _print_version(value: bool) -> None:

@@ -8,7 +8,11 @@ import os
 
 import pytest
 
-from tests.fixtures.fields import light_field, s3_light_field  # noqa: F401  (fixtures)
+from tests.fixtures.fields import (  # noqa: F401  (fixtures)
+    light_field,
+    prepared_field,
+    s3_light_field,
+)
 from tests.fixtures.s3 import (  # noqa: F401  (fixtures, used by name)
     anon_s3_storage,
     s3_bucket,

@@ -21,12 +21,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import pyarrow as pa
 
 from constellation.io.storage import Storage
 from constellation.manifest.subtile import SubTileManifest
+from constellation.sky import plane_to_sky
 
-__all__ = ["BackendError", "BackendOutput", "InferenceBackend", "SubTileInput"]
+__all__ = ["BackendError", "BackendOutput", "InferenceBackend", "SubTileInput", "core_centre"]
+
+
+def core_centre(manifest: SubTileManifest) -> tuple[float, float]:
+    """RA, Dec (deg) of the centre of the sub-tile's core box (the result row's position)."""
+    g = manifest.geometry
+    x = 0.5 * (g.core.x_min_arcmin + g.core.x_max_arcmin)
+    y = 0.5 * (g.core.y_min_arcmin + g.core.y_max_arcmin)
+    ra, dec = plane_to_sky(np.array([x]), np.array([y]), g.tile_ra_deg, g.tile_dec_deg)
+    return float(np.asarray(ra)[0]), float(np.asarray(dec)[0])
 
 
 class BackendError(RuntimeError):

@@ -15,7 +15,7 @@ nullability and integer widths.
 
 Shear sign convention (:data:`SHEAR_CONVENTION`): reduced shear in the local
 ``(u, v) = (-RA cos δ, Dec)`` frame — ``u`` points west, ``v`` north — so ``+g1``
-stretches along west–east and ``+g2`` along the north-west/south-east diagonal.
+stretches along west-east and ``+g2`` along the north-west/south-east diagonal.
 This is SHINE's frame (``local_wcs_jacobian``) and the simulator's.
 """
 

@@ -74,6 +74,8 @@ class ResultMarker:
     status: str
     n_sources: int
     sha256: str
+    backend: str = ""
+    manifest_sha256: str = ""
     error: str | None = None
 
     def to_bytes(self) -> bytes:
@@ -91,6 +93,8 @@ class ResultMarker:
             status=str(doc["status"]),
             n_sources=int(doc["n_sources"]),
             sha256=str(doc["sha256"]),
+            backend=str(doc.get("backend", "")),
+            manifest_sha256=str(doc.get("manifest_sha256", "")),
             error=doc.get("error"),
         )
 
@@ -132,8 +136,13 @@ def write_result(
     subtile_dir: str,
     subtile_row: dict[str, Any],
     sources: pa.Table,
+    manifest_sha256: str = "",
 ) -> ResultMarker:
-    """Write ``{subtile_dir}/result.parquet`` (atomically) and then its done marker."""
+    """Write ``{subtile_dir}/result.parquet`` (atomically) and then its done marker.
+
+    ``manifest_sha256`` (of the manifest bytes the result was computed from) lets a
+    later run tell that the inputs changed although the config hash did not.
+    """
     payload = encode_result(subtile_row, sources)
     marker = ResultMarker(
         config_hash=str(subtile_row["config_hash"]),
@@ -141,6 +150,8 @@ def write_result(
         status=str(subtile_row["status"]),
         n_sources=sources.num_rows,
         sha256=hashlib.sha256(payload).hexdigest(),
+        backend=str(subtile_row["backend"]),
+        manifest_sha256=manifest_sha256,
         error=subtile_row.get("error"),
     )
     storage.write_bytes(layout.join(subtile_dir, layout.RESULT_NAME), payload)
@@ -158,10 +169,23 @@ def read_marker(storage: Storage, subtile_dir: str) -> ResultMarker | None:
         return None
 
 
-def is_done(storage: Storage, subtile_dir: str, config_hash: str) -> bool:
-    """True when an ``ok`` result for ``config_hash`` is already written in ``subtile_dir``."""
+def is_done(
+    storage: Storage,
+    subtile_dir: str,
+    config_hash: str,
+    backend: str | None = None,
+    manifest_sha256: str | None = None,
+) -> bool:
+    """True when an ``ok`` result for ``config_hash`` is already written in ``subtile_dir``
+    (and, when given, by ``backend`` from a manifest with ``manifest_sha256``)."""
     marker = read_marker(storage, subtile_dir)
-    return marker is not None and marker.status == "ok" and marker.config_hash == config_hash
+    return (
+        marker is not None
+        and marker.status == "ok"
+        and marker.config_hash == config_hash
+        and (backend is None or marker.backend == backend)
+        and (manifest_sha256 is None or marker.manifest_sha256 == manifest_sha256)
+    )
 
 
 def read_result(storage: Storage, url: str) -> SubTileResult:

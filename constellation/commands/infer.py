@@ -1,0 +1,114 @@
+"""``constellation infer``: run the inference backend on prepared sub-tiles, in this process."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state
+
+__all__ = ["infer", "new_run_id"]
+
+
+def new_run_id(prefix: str = "cli") -> str:
+    """A run id like ``cli-20261125T221500Z-3f9a``."""
+    return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+def infer(
+    ctx: typer.Context,
+    manifest_url: Annotated[
+        list[str] | None,
+        typer.Argument(help="Sub-tile manifests to infer (URLs or paths).", show_default=False),
+    ] = None,
+    tile: Annotated[
+        list[int] | None,
+        typer.Option("--tile", "-t", help="Infer every prepared sub-tile of this tile."),
+    ] = None,
+    backend_name: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", "-b", help="Backend: shine or mock (default: science.backend.name)."
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run-id", help="Run id recorded in the results.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Re-run sub-tiles that already have an ok result.")
+    ] = False,
+) -> None:
+    """Fit sub-tiles one after another in this process and write their results.
+
+    Each sub-tile gets ``result.parquet`` and ``_RESULT.json`` next to its manifest;
+    a failure is written as a ``failed`` result and the next sub-tile goes on. Exits
+    with 1 when any sub-tile failed.
+    """
+    from constellation.inference import BackendError, get_backend
+    from constellation.io.storage import storage_from_config
+    from constellation.manifest import layout
+    from constellation.stages.infer import infer_subtile
+
+    settings = get_state(ctx).settings
+    if backend_name is not None and backend_name not in ("shine", "mock"):
+        fail(f"unknown backend {backend_name!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
+    storage = storage_from_config(settings.runtime.storage)
+    urls = list(manifest_url or [])
+    if tile:
+        grid = settings.science.tiling.grid()
+        work = settings.runtime.storage.work_uri
+        for tid in sorted(set(tile)):
+            found = [
+                layout.manifest_url(work, tid, r, c)
+                for r in range(grid.n_rows)
+                for c in range(grid.n_cols)
+            ]
+            found = [u for u in found if storage.exists(u)]
+            if not found:
+                fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
+            urls.extend(found)
+    if not urls:
+        fail("give manifest URLs or --tile")
+    try:
+        backend = get_backend(settings, backend_name)
+    except BackendError as exc:
+        fail(str(exc))
+    rid = run_id or new_run_id()
+    order = settings.science.healpix.source_order
+    outcomes = []
+    t0 = time.perf_counter()
+    with Progress(
+        TextColumn(f"[bold]infer ({backend.name})"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(urls))
+        for url in urls:
+            try:
+                outcome = infer_subtile(
+                    url, storage, backend, run_id=rid, healpix_order=order,
+                    skip_done=not force, expected_config_hash=settings.config_hash,
+                )  # fmt: skip
+            except (OSError, ValueError) as exc:
+                typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
+                outcome = None
+            outcomes.append(outcome)
+            bar.advance(task)
+    ok = sum(o is not None and o.status == "ok" for o in outcomes)
+    done = sum(o is not None and o.status == "done" for o in outcomes)
+    failed = [o for o in outcomes if o is not None and o.status == "failed"]
+    unreadable = sum(o is None for o in outcomes)
+    typer.echo(
+        f"inferred {len(urls)} sub-tiles with {backend.name} (run {rid}): {ok} ok, "
+        f"{len(failed)} failed, {done} already done, {unreadable} unreadable; "
+        f"{time.perf_counter() - t0:.2f} s"
+    )
+    for o in failed[:20]:
+        typer.echo(f"  failed: tile {o.tile_id} r{o.row}_c{o.col}: {o.error}")
+    if failed or unreadable:
+        raise typer.Exit(1)
