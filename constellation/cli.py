@@ -16,9 +16,11 @@ from constellation import __version__
 from constellation.commands import config as config_commands
 from constellation.commands import tiles
 from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
+from constellation.commands.catalog import assemble, report, validate
 from constellation.commands.index import index
 from constellation.commands.infer import infer
 from constellation.commands.prepare import plan, prepare
+from constellation.commands.run import demo, run
 from constellation.commands.simulate import simulate
 from constellation.commands.stage import stage
 from constellation.config import CONFIG_ENV_VAR, ConfigError
@@ -54,6 +56,11 @@ app.command("prepare")(prepare)
 app.command("plan")(plan)
 app.command("stage")(stage)
 app.command("infer")(infer)
+app.command("assemble")(assemble)
+app.command("validate")(validate)
+app.command("report")(report)
+app.command("run")(run)
+app.command("demo")(demo)
 
 
 def _print_version(value: bool) -> None:

@@ -366,6 +366,22 @@ class RayConfig(_Section):
     num_cpus_per_task: float = Field(
         default=1.0, gt=0.0, allow_inf_nan=False, description="CPUs requested per task."
     )
+    local_num_gpus: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "GPUs a local Ray instance (address null) advertises; null = what Ray detects. "
+            "Set it with num_gpus_per_task 0 or to fake GPUs on a laptop."
+        ),
+    )
+    local_num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs a local Ray instance advertises; null = all."
+    )
+    max_retries: int = Field(
+        default=3,
+        ge=0,
+        description="Ray retries of a sub-tile task whose worker died (node lost, OOM).",
+    )
 
 
 class RuntimeConfig(_Section):
@@ -380,6 +396,16 @@ class RuntimeConfig(_Section):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster and task resources.")
     max_in_flight: int = Field(
         default=64, ge=1, description="Maximum number of sub-tiles being processed at once."
+    )
+    task_retries: int = Field(
+        default=1,
+        ge=0,
+        description="Prefect retries of a sub-tile whose inference raised (application errors).",
+    )
+    tiles_per_subflow: int = Field(
+        default=64,
+        ge=1,
+        description="Tiles per infer sub-flow run (bounds the task runs of one flow run).",
     )
     tiles: list[int] = Field(
         default_factory=list,

@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from constellation import __version__
 from constellation.catalog.iceberg import (
@@ -53,6 +52,7 @@ from constellation.catalog.iceberg import (
     SUBTILES,
     CommitConflictError,
     ShearCatalog,
+    WrittenFiles,
     open_catalog,
     partition_pixels,
     subtile_key,
@@ -205,10 +205,7 @@ def find_results(
         marker = read_marker(storage, directory)
         return None if marker is None else ResultRef(tile, row, col, directory, marker)
 
-    if executor is None:
-        found = [load(d) for d in dirs]
-    else:
-        found = list(executor.map(load, dirs))
+    found = [load(d) for d in dirs] if executor is None else list(executor.map(load, dirs))
     refs = [r for r in found if r is not None]
     return sorted(refs, key=lambda r: r.key)
 
@@ -217,86 +214,115 @@ def find_results(
 
 
 @dataclass(frozen=True)
-class _Decoded:
+class _Prepared:
+    """One result, read and decoded, its source rows ready for the data files."""
+
     ref: ResultRef
     sha256: str
+    status: str
     subtile: pa.Table
+    #: Owned source rows conformed to the file schema, grouped by partition pixel.
     sources: pa.Table
+    #: ``(pixel, start, stop)`` runs of ``sources``.
+    runs: tuple[tuple[int, int, int], ...]
+    dropped: int
 
 
-def _read_one(storage: Storage, ref: ResultRef) -> _Decoded | str:
-    """Read and decode one result; an error message when it cannot be."""
+@dataclass(frozen=True)
+class _Target:
+    """What a reader needs to prepare source rows for the ``sources`` files."""
+
+    schema: pa.Schema
+    source_order: int
+    partition_order: int
+
+
+def _prepare_one(storage: Storage, ref: ResultRef, target: _Target) -> _Prepared | str:
+    """Read, decode and prepare one result (runs on a reader thread); an error message
+    when it cannot be read."""
     url = layout.join(ref.directory, layout.RESULT_NAME)
     try:
         data = storage.read_bytes(url)
         result = decode_result(data)
     except (OSError, ValueError, pa.ArrowException) as exc:
         return f"{url}: {type(exc).__name__}: {exc}"
-    if result.subtile.num_rows != 1:
-        return f"{url}: expected one sub-tile row, got {result.subtile.num_rows}"
-    return _Decoded(ref, hashlib.sha256(data).hexdigest(), result.subtile, result.sources)
-
-
-@dataclass
-class _Batch:
-    keys: list[int]
-    subtiles: pa.Table
-    sources: pa.Table
-    failed: int
-    dropped: int
-
-
-def _build_batch(
-    decoded: Sequence[_Decoded], *, partition_order: int, source_order: int, assembled_at: datetime
-) -> _Batch:
-    keys = [d.ref.key for d in decoded]
-    sub = pa.concat_tables([d.subtile for d in decoded])
-    status = sub.column("status")
-    # Identity columns come from the directory the result was found in.
-    n = len(decoded)
-    sub = sub.set_column(
-        sub.schema.get_field_index("tile_id"),
-        sub.schema.field("tile_id"),
-        pa.array([d.ref.tile_id for d in decoded], pa.int64()),
-    )
-    sub = sub.append_column(
-        sub.schema.field("tile_id").with_name(KEY_COLUMN), pa.array(keys, pa.int64())
-    )
-    sub = sub.append_column(
-        pa.field(SHA_COLUMN, pa.string(), nullable=False), pa.array([d.sha256 for d in decoded])
-    )
-    sub = sub.append_column(
-        pa.field(ASSEMBLED_AT_COLUMN, pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.array([assembled_at] * n, pa.timestamp("us", tz="UTC")),
-    )
-    sub = sub.append_column(
-        pa.field(PARTITION_COLUMN, pa.int64(), nullable=False),
-        partition_pixels(sub.column("healpix"), sub.column("healpix_order"), partition_order),
-    )
-    if len(set(sub.column("tile_id").to_pylist())) and sub.num_rows != n:
-        raise AssertionError("one sub-tile row per result")
-
-    src = pa.concat_tables([d.sources for d in decoded])
-    counts = np.array([d.sources.num_rows for d in decoded], dtype=np.int64)
-    owner = np.repeat(np.array(keys, dtype=np.int64), counts)
-    ok = np.repeat(np.asarray(pc.equal(status, "ok")), counts)
-    row_key = (
-        np.asarray(src.column("tile_id"), dtype=np.int64) * 10_000
-        + np.asarray(src.column("subtile_row"), dtype=np.int64) * 100
-        + np.asarray(src.column("subtile_col"), dtype=np.int64)
-    )
-    own = (row_key == owner) & ok
-    dropped = int(own.size - np.count_nonzero(own))
-    if dropped:
+    sub = result.subtile
+    ident = tuple(sub.column(c)[0].as_py() for c in ("tile_id", "subtile_row", "subtile_col"))
+    if ident != (ref.tile_id, ref.row, ref.col):
+        return f"{url}: the result is for sub-tile {ident}, not {(ref.tile_id, ref.row, ref.col)}"
+    src = result.sources
+    n = src.num_rows
+    # Defensive ownership filter: only the sub-tile's own core rows, none unless ok.
+    status = str(sub.column("status")[0].as_py())
+    if status != "ok":
+        own = np.zeros(n, dtype=bool)
+    else:
+        own = (
+            (np.asarray(src.column("tile_id")) == ref.tile_id)
+            & (np.asarray(src.column("subtile_row")) == ref.row)
+            & (np.asarray(src.column("subtile_col")) == ref.col)
+        )
+    kept = int(np.count_nonzero(own))
+    if kept != n:
         src = src.filter(pa.array(own))
-        owner = owner[own]
-    src = src.append_column(pa.field(KEY_COLUMN, pa.int64(), nullable=False), pa.array(owner))
-    src = src.append_column(
-        pa.field(PARTITION_COLUMN, pa.int64(), nullable=False),
-        partition_pixels(src.column("healpix"), source_order, partition_order),
+    pixels = np.asarray(
+        partition_pixels(src.column("healpix"), target.source_order, target.partition_order)
     )
-    failed = int(np.count_nonzero(np.asarray(pc.equal(status, "failed"))))
-    return _Batch(keys, sub, src, failed, dropped)
+    if kept and np.any(pixels[1:] != pixels[:-1]):
+        order = np.argsort(pixels, kind="stable")
+        src = src.take(order)
+        pixels = pixels[order]
+    src = src.append_column(
+        pa.field(KEY_COLUMN, pa.int64(), nullable=False), pa.array(np.full(kept, ref.key))
+    )
+    src = src.append_column(
+        pa.field(PARTITION_COLUMN, pa.int64(), nullable=False), pa.array(pixels)
+    )
+    runs: tuple[tuple[int, int, int], ...] = ()
+    if kept:
+        starts = np.flatnonzero(np.r_[True, pixels[1:] != pixels[:-1]])
+        stops = np.r_[starts[1:], kept]
+        runs = tuple((int(pixels[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True))
+    return _Prepared(
+        ref=ref,
+        sha256=hashlib.sha256(data).hexdigest(),
+        status=status,
+        subtile=sub,
+        sources=_conform(src, target.schema),
+        runs=runs,
+        dropped=n - kept,
+    )
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``data`` cast to a data-file schema; columns it lacks become nulls."""
+    names = set(data.column_names)
+    columns = [
+        (data.column(f.name) if data.schema.field(f.name).type == f.type
+         else data.column(f.name).cast(f.type))
+        if f.name in names
+        else pa.nulls(data.num_rows, f.type)
+        for f in schema
+    ]  # fmt: skip
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _subtile_rows(
+    prepared: Sequence[_Prepared], *, partition_order: int, assembled_at: datetime
+) -> pa.Table:
+    """The batch's ``subtiles`` rows with their bookkeeping columns."""
+    n = len(prepared)
+    sub = pa.concat_tables([p.subtile for p in prepared])
+    ts = pa.timestamp("us", tz="UTC")
+    extra = [
+        (KEY_COLUMN, pa.int64(), [p.ref.key for p in prepared]),
+        (SHA_COLUMN, pa.string(), [p.sha256 for p in prepared]),
+        (ASSEMBLED_AT_COLUMN, ts, [assembled_at] * n),
+    ]
+    for name, typ, values in extra:
+        sub = sub.append_column(pa.field(name, typ, nullable=False), pa.array(values, typ))
+    pixels = partition_pixels(sub.column("healpix"), sub.column("healpix_order"), partition_order)
+    return sub.append_column(pa.field(PARTITION_COLUMN, pa.int64(), nullable=False), pixels)
 
 
 def _chunks(items: Sequence[ResultRef], size: int) -> Iterator[Sequence[ResultRef]]:
@@ -370,7 +396,7 @@ def assemble_results(
     only_config
         Assemble only results whose marker has ``config_hash``.
     workers
-        Threads reading markers and results (default: ``min(8, 2 * cpus)``).
+        Threads reading results and writing data files (default: ``min(8, 2 * cpus)``).
     max_attempts
         Attempts per commit when other writers keep winning.
     progress
@@ -384,9 +410,7 @@ def assemble_results(
     nworkers = workers or min(8, 2 * (os.cpu_count() or 1))
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     rng = random.Random()
-    partition_order = catalog.table_partition_order(SOURCES)
-    if catalog.table_partition_order(SUBTILES) != partition_order:
-        raise ValueError("the subtiles and sources tables have different partition orders")
+    props = {PROP_RUN_ID: run, PROP_CONFIG_HASH: config_hash, PROP_CODE_VERSION: __version__}
 
     with ThreadPoolExecutor(nworkers, thread_name_prefix="assemble") as pool:
         refs = find_results(storage, work_uri, tile_list, executor=pool)
@@ -405,43 +429,48 @@ def assemble_results(
         )
         pending = [r for r in refs if committed.get(r.key) != r.marker.sha256]
         report.skipped_unchanged = len(refs) - len(pending)
-        if pending:
-            _evolve(catalog, report, max_attempts)
-
+        if not pending:
+            report.seconds = time.perf_counter() - t0
+            log.info("%s", report.summary())
+            return report
+        _evolve(catalog, report, max_attempts)
+        target = _Target(
+            schema=catalog.file_schema(SOURCES),
+            source_order=catalog.source_order,
+            partition_order=catalog.table_partition_order(SOURCES),
+        )
+        subtile_order = catalog.table_partition_order(SUBTILES)
         batches = list(_chunks(pending, batch_size))
 
-        def submit(batch: Sequence[ResultRef]) -> list[Future[_Decoded | str]]:
-            return [pool.submit(_read_one, storage, ref) for ref in batch]
+        def submit(batch: Sequence[ResultRef]) -> list[Future[_Prepared | str]]:
+            return [pool.submit(_prepare_one, storage, ref, target) for ref in batch]
 
-        queued = submit(batches[0]) if batches else []
+        # Read one batch ahead of the commits.
+        queued = submit(batches[0])
         done = 0
         for i, batch in enumerate(batches):
-            decoded_or_errors = [f.result() for f in queued]
+            items = [f.result() for f in queued]
             queued = submit(batches[i + 1]) if i + 1 < len(batches) else []
-            decoded = []
-            for ref, item in zip(batch, decoded_or_errors, strict=True):
+            prepared = []
+            for ref, item in zip(batch, items, strict=True):
                 if isinstance(item, str):
                     log.warning("skipping unreadable result: %s", item)
                     report.unreadable += 1
                     report.unreadable_dirs.append(ref.directory)
                 else:
-                    decoded.append(item)
+                    prepared.append(item)
             done += len(batch)
-            if decoded:
+            if prepared:
+                batch_props = {
+                    **props,
+                    PROP_BATCH: f"{i + 1}/{len(batches)}",
+                    PROP_SUBTILES: str(len(prepared)),
+                }
                 _commit_batch(
-                    catalog,
-                    decoded,
-                    report,
-                    props={
-                        PROP_RUN_ID: run,
-                        PROP_CONFIG_HASH: config_hash,
-                        PROP_CODE_VERSION: __version__,
-                        PROP_BATCH: f"{i + 1}/{len(batches)}",
-                    },
-                    partition_order=partition_order,
-                    max_attempts=max_attempts,
-                    rng=rng,
-                )
+                    catalog, prepared, report, pool,
+                    props=batch_props, subtile_order=subtile_order,
+                    max_attempts=max_attempts, rng=rng,
+                )  # fmt: skip
             if progress is not None:
                 progress(done, len(pending))
     report.seconds = time.perf_counter() - t0
@@ -451,37 +480,39 @@ def assemble_results(
 
 def _commit_batch(
     catalog: ShearCatalog,
-    decoded: Sequence[_Decoded],
+    prepared: Sequence[_Prepared],
     report: AssembleReport,
+    pool: ThreadPoolExecutor,
     *,
     props: dict[str, str],
-    partition_order: int,
+    subtile_order: int,
     max_attempts: int,
     rng: random.Random,
 ) -> None:
-    batch = _build_batch(
-        decoded,
-        partition_order=partition_order,
-        source_order=catalog.source_order,
-        assembled_at=datetime.now(UTC),
-    )
-    props = {**props, PROP_SUBTILES: str(len(batch.keys))}
-    source_files = catalog.write_files(SOURCES, batch.sources, sort_by="healpix")
-    subtile_files = catalog.write_files(SUBTILES, batch.subtiles, sort_by=KEY_COLUMN)
+    keys = [p.ref.key for p in prepared]
+    groups: dict[int, list[pa.Table]] = {}
+    for p in prepared:
+        for pixel, start, stop in p.runs:
+            groups.setdefault(pixel, []).append(p.sources.slice(start, stop - start))
+    now = datetime.now(UTC)
+    subtiles = _subtile_rows(prepared, partition_order=subtile_order, assembled_at=now)
+    # Data files are written once; a commit that loses a race is retried with them.
+    source_files = catalog.write_partitions(SOURCES, groups, executor=pool)
+    subtile_files = catalog.write_files(SUBTILES, subtiles, executor=pool)
     # Sources first: see the module docstring.
     for name, files in ((SOURCES, source_files), (SUBTILES, subtile_files)):
 
-        def commit(name: str = name, files: list[object] = files) -> int:  # type: ignore[assignment]
-            return catalog.replace(name, batch.keys, files, props)  # type: ignore[arg-type]
+        def commit(name: str = name, files: WrittenFiles = files) -> int:
+            return catalog.replace(name, keys, files, props)
 
         _with_retries(commit, catalog, report, max_attempts, rng)
         report.commits += 1
     report.batches += 1
-    report.data_files += len(source_files) + len(subtile_files)
-    report.subtiles_committed += batch.subtiles.num_rows
-    report.sources_committed += batch.sources.num_rows
-    report.failed_committed += batch.failed
-    report.dropped_sources += batch.dropped
+    report.data_files += source_files.count + subtile_files.count
+    report.subtiles_committed += subtiles.num_rows
+    report.sources_committed += source_files.rows
+    report.failed_committed += sum(p.status == "failed" for p in prepared)
+    report.dropped_sources += sum(p.dropped for p in prepared)
 
 
 def assemble(

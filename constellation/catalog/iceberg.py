@@ -31,18 +31,21 @@ Writes
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import (
@@ -50,10 +53,16 @@ from pyiceberg.exceptions import (
     NamespaceAlreadyExistsError,
     NoSuchTableError,
     TableAlreadyExistsError,
+    ValidationException,
 )
 from pyiceberg.expressions import AlwaysTrue, And, BooleanExpression, EqualTo, In
-from pyiceberg.io.pyarrow import bin_pack_arrow_table, pyarrow_to_schema, write_file
-from pyiceberg.manifest import DataFile
+from pyiceberg.io.pyarrow import (
+    compute_statistics_plan,
+    data_file_statistics_from_parquet_metadata,
+    parquet_path_to_id_mapping,
+    schema_to_pyarrow,
+)
+from pyiceberg.manifest import DataFile, DataFileContent, FileFormat
 from pyiceberg.partitioning import (
     PartitionField,
     PartitionFieldValue,
@@ -61,7 +70,8 @@ from pyiceberg.partitioning import (
     PartitionSpec,
 )
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, WriteTask
+from pyiceberg.table import Table
+from pyiceberg.table.locations import load_location_provider
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
 from pyiceberg.types import (
@@ -80,18 +90,21 @@ from pyiceberg.types import (
 
 from constellation.config import ConfigError, Settings
 from constellation.io.storage import local_path
-from constellation.manifest import layout
 from constellation.results.schema import SOURCE_SCHEMA, SUBTILE_SCHEMA
 
 __all__ = [
+    "ASSEMBLED_AT_COLUMN",
     "KEY_COLUMN",
     "PARTITION_COLUMN",
     "PROP_PARTITION_ORDER",
+    "SHA_COLUMN",
     "SOURCES",
     "SUBTILES",
+    "SUBTILES_ORDER_OFFSET",
     "CommitConflictError",
     "ShearCatalog",
     "SnapshotInfo",
+    "WrittenFiles",
     "catalog_properties",
     "iceberg_schema",
     "open_catalog",
@@ -103,6 +116,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SUBTILES = "subtiles"
 """Name of the sub-tile shear table."""
@@ -119,14 +133,23 @@ PARTITION_COLUMN = "partition_healpix"
 PROP_PARTITION_ORDER = "constellation.partition-order"
 """Table property: the HEALPix order of :data:`PARTITION_COLUMN`."""
 
-#: Bookkeeping columns only the ``subtiles`` table has.
-SHA_COLUMN = "result_sha256"
-ASSEMBLED_AT_COLUMN = "assembled_at"
+SUBTILES_ORDER_OFFSET = 3
+"""The ``subtiles`` table is partitioned this many orders coarser than ``sources``
+(64x larger pixels): it has ~1000x fewer rows, and at the sources' order (about one
+tile per pixel) it would get one tiny file per tile and batch."""
 
+SHA_COLUMN = "result_sha256"
+"""``subtiles`` bookkeeping: sha256 of the assembled ``result.parquet``."""
+
+ASSEMBLED_AT_COLUMN = "assembled_at"
+"""``subtiles`` bookkeeping: when the row was committed."""
+
+#: Properties every table gets. ``commit.retry.num-retries = 0``: the assembler retries
+#: conflicts itself, after re-reading which keys have rows. pyiceberg's own retry would
+#: re-apply a batch's append on top of a concurrent writer's rows of the same sub-tiles
+#: without any check (appends are never validated), duplicating them.
 _TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
-    # Keep the number of manifests bounded: one commit per batch adds one manifest.
-    "commit.manifest-merge.enabled": "true",
     "commit.retry.num-retries": "0",
 }
 
@@ -152,7 +175,9 @@ def split_key(key: int) -> tuple[int, int, int]:
 
 
 def partition_pixels(
-    healpix: pa.Array | pa.ChunkedArray, order: int | pa.Array | pa.ChunkedArray, partition_order: int
+    healpix: pa.Array | pa.ChunkedArray,
+    order: int | pa.Array | pa.ChunkedArray,
+    partition_order: int,
 ) -> pa.Array:
     """Nested pixels at ``partition_order`` of nested indices at ``order`` (int64).
 
@@ -253,6 +278,21 @@ def iceberg_schema(schema: pa.Schema) -> Schema:
 # --------------------------------------------------------------------------- catalog
 
 
+def _embedded_root(settings: Settings) -> Path:
+    """``{work_uri}/catalog`` (absolute) for the embedded SQLite catalog."""
+    work = settings.runtime.storage.work_uri
+    root = local_path(work)
+    if root is None:
+        raise ConfigError(
+            f"runtime.catalog.properties is empty and runtime.storage.work_uri ({work}) is not "
+            "a local path: the embedded SQLite catalog needs a local directory. Configure a "
+            "catalog, e.g. runtime.catalog.properties: {type: rest, uri: https://..., "
+            "warehouse: s3://...} or {type: sql, uri: postgresql+psycopg2://..., "
+            "warehouse: s3://...}."
+        )
+    return (root / "catalog").resolve()
+
+
 def catalog_properties(settings: Settings) -> dict[str, str]:
     """The pyiceberg properties of the configured catalog (the SQLite default filled in).
 
@@ -264,17 +304,7 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     configured = dict(settings.runtime.catalog.properties)
     if configured:
         return configured
-    work = settings.runtime.storage.work_uri
-    root = local_path(work)
-    if root is None:
-        raise ConfigError(
-            f"runtime.catalog.properties is empty and runtime.storage.work_uri ({work}) is not "
-            "a local path: the embedded SQLite catalog needs a local directory. Configure a "
-            "catalog, e.g. runtime.catalog.properties: {type: rest, uri: https://..., "
-            "warehouse: s3://...} or {type: sql, uri: postgresql+psycopg2://..., "
-            "warehouse: s3://...}."
-        )
-    base = Path(layout.join(str(root), "catalog")).resolve()
+    base = _embedded_root(settings)
     return {
         "type": "sql",
         "uri": f"sqlite:///{base / 'catalog.db'}",
@@ -283,16 +313,16 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
 
 
 def open_catalog(settings: Settings) -> ShearCatalog:
-    """The configured catalog, with the namespace and partition order of ``settings``."""
+    """The configured catalog, with the namespace and partition orders of ``settings``."""
     cfg = settings.runtime.catalog
     props = catalog_properties(settings)
-    if not cfg.properties:
-        db = Path(props["uri"].removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        Path(props["warehouse"].removeprefix("file://")).mkdir(parents=True, exist_ok=True)
-        catalog: Catalog = _retry_sqlite(lambda: SqlCatalog(cfg.name, **props))
-    else:
+    catalog: Catalog
+    if cfg.properties:
         catalog = load_catalog(cfg.name, **props)
+    else:
+        base = _embedded_root(settings)
+        (base / "warehouse").mkdir(parents=True, exist_ok=True)
+        catalog = _retry_locked(lambda: SqlCatalog(cfg.name, **props))
     return ShearCatalog(
         catalog,
         cfg.namespace,
@@ -301,21 +331,54 @@ def open_catalog(settings: Settings) -> ShearCatalog:
     )
 
 
-def _retry_sqlite(fn: Any, attempts: int = 20) -> Any:
-    """Run ``fn``, retrying SQLite's ``database is locked`` (concurrent first use)."""
-    import time
+def _is_locked(exc: BaseException) -> bool:
+    """SQLite's answer to concurrent writers (``database is locked``)."""
+    return "database is locked" in str(exc)
 
+
+def _retry_locked(fn: Callable[[], _T], attempts: int = 20) -> _T:
+    """Run ``fn``, retrying SQLite's ``database is locked`` (concurrent first use)."""
     for i in range(attempts):
         try:
             return fn()
         except Exception as exc:
-            if "database is locked" not in str(exc) or i == attempts - 1:
+            if not _is_locked(exc) or i == attempts - 1:
                 raise
             time.sleep(0.05 * (i + 1))
     raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- catalog facade
+
+#: Columns with (nearly) one value per row: dictionary encoding only costs time there.
+_UNIQUE_COLUMNS = frozenset({"object_id", "healpix"})
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary encoding: strings and the low-cardinality integers (ids,
+    rows, columns, keys, partition pixels), not floats nor unique ids. Dictionary
+    encoding of measured floats (all distinct) made writing 3x slower for larger files."""
+    return [
+        f.name for f in schema if not pa.types.is_floating(f.type) and f.name not in _UNIQUE_COLUMNS
+    ]
+
+
+@dataclass(frozen=True)
+class WrittenFiles:
+    """Data files written for table ``table`` and not committed yet."""
+
+    table: str
+    files: tuple[DataFile, ...]
+
+    @property
+    def count(self) -> int:
+        """Number of files."""
+        return len(self.files)
+
+    @property
+    def rows(self) -> int:
+        """Rows in the files."""
+        return sum(int(f.record_count) for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -361,9 +424,9 @@ class ShearCatalog:
     def arrow_schema(self, name: str) -> pa.Schema:
         """The Arrow schema this code version writes to table ``name``."""
         if name == SUBTILES:
-            return subtiles_arrow_schema(self.partition_order)
+            return subtiles_arrow_schema(self.default_order(name))
         if name == SOURCES:
-            return sources_arrow_schema(self.partition_order)
+            return sources_arrow_schema(self.default_order(name))
         raise KeyError(f"unknown table {name!r} (expected {SUBTILES!r} or {SOURCES!r})")
 
     def exists(self, name: str) -> bool:
@@ -382,13 +445,11 @@ class ShearCatalog:
     def _load_or_create(self, name: str, schema: pa.Schema) -> Table:
         ident = self.identifier(name)
         try:
-            return self.catalog.load_table(ident)
+            return self._ensure_properties(self.catalog.load_table(ident))
         except NoSuchTableError:
             pass
-        try:
+        with contextlib.suppress(NamespaceAlreadyExistsError):
             self.catalog.create_namespace(self.namespace)
-        except NamespaceAlreadyExistsError:
-            pass
         ice = iceberg_schema(schema)
         part = ice.find_field(PARTITION_COLUMN)
         spec = PartitionSpec(
@@ -399,11 +460,12 @@ class ShearCatalog:
                 name=PARTITION_COLUMN,
             )
         )
-        sort_column = "healpix" if name == SOURCES else KEY_COLUMN
+        # Batches are written in sub-tile key order, so within a partition the files are
+        # sorted by key (and each sub-tile's rows stay together).
         order = SortOrder(
-            SortField(source_id=ice.find_field(sort_column).field_id, transform=IdentityTransform())
+            SortField(source_id=ice.find_field(KEY_COLUMN).field_id, transform=IdentityTransform())
         )
-        properties = {**_TABLE_PROPERTIES, PROP_PARTITION_ORDER: str(self.partition_order)}
+        properties = {**_TABLE_PROPERTIES, PROP_PARTITION_ORDER: str(self.default_order(name))}
         try:
             table = self.catalog.create_table(
                 ident, schema=ice, partition_spec=spec, sort_order=order, properties=properties
@@ -411,12 +473,39 @@ class ShearCatalog:
             log.info("created Iceberg table %s", ident)
             return table
         except TableAlreadyExistsError:
-            return self.catalog.load_table(ident)
+            return self._ensure_properties(self.catalog.load_table(ident))
+
+    @staticmethod
+    def _ensure_properties(table: Table) -> Table:
+        """Give a table made elsewhere (or by an older version) the :data:`_TABLE_PROPERTIES`
+        it lacks (and ``commit.retry.num-retries = 0`` whatever it had); the commit that does
+        so is made once per table."""
+        props = table.properties
+        missing = {
+            k: v
+            for k, v in _TABLE_PROPERTIES.items()
+            if k not in props or (k == "commit.retry.num-retries" and props[k] != v)
+        }
+        if not missing:
+            return table
+        try:
+            with table.transaction() as tx:
+                tx.set_properties(missing)
+        except CommitFailedException:
+            pass  # someone else changed the table: they may have set them; checked next time
+        return table.refresh()
+
+    def default_order(self, name: str) -> int:
+        """The partition order a new table ``name`` gets: ``partition_order`` for
+        ``sources``; :data:`SUBTILES_ORDER_OFFSET` orders coarser for ``subtiles``."""
+        if name == SUBTILES:
+            return max(0, self.partition_order - SUBTILES_ORDER_OFFSET)
+        return self.partition_order
 
     def table_partition_order(self, name: str) -> int:
-        """The HEALPix order of :data:`PARTITION_COLUMN` in table ``name``."""
+        """The HEALPix order of :data:`PARTITION_COLUMN` in table ``name`` (its property)."""
         props = self.table(name).properties
-        return int(props.get(PROP_PARTITION_ORDER, self.partition_order))
+        return int(props.get(PROP_PARTITION_ORDER, self.default_order(name)))
 
     def refresh(self) -> None:
         """Reload every cached table (after a commit conflict)."""
@@ -456,24 +545,6 @@ class ShearCatalog:
         log.info("table %s: added columns %s", self.identifier(name), [f.name for f in new])
         return [f.name for f in new]
 
-    def conform(self, name: str, data: pa.Table) -> pa.Table:
-        """``data`` with the table's current columns, in its order: nullable columns the
-        batch lacks become nulls (an older writer, a newer table); extra columns are an
-        error (call :meth:`evolve` first)."""
-        target = self.table(name).schema().as_arrow()
-        extra = sorted(set(data.column_names) - set(target.names))
-        if extra:
-            raise ValueError(f"{self.identifier(name)} has no columns {extra}: evolve it first")
-        columns = []
-        for field in target:
-            if field.name in data.column_names:
-                columns.append(data.column(field.name).cast(field.type))
-            elif field.nullable:
-                columns.append(pa.nulls(data.num_rows, field.type))
-            else:
-                raise ValueError(f"batch lacks required column {field.name!r} of {name}")
-        return pa.Table.from_arrays(columns, schema=target)
-
     # -- reads ------------------------------------------------------------------------
 
     @staticmethod
@@ -483,11 +554,16 @@ class ShearCatalog:
         partitions: Iterable[int] | None = None,
     ) -> BooleanExpression:
         expr: BooleanExpression = AlwaysTrue()
-        for column, values in ((KEY_COLUMN, keys), ("tile_id", tiles), (PARTITION_COLUMN, partitions)):
+        terms = ((KEY_COLUMN, keys), ("tile_id", tiles), (PARTITION_COLUMN, partitions))
+        for column, values in terms:
             if values is None:
                 continue
             vals = sorted({int(v) for v in values})
-            term: BooleanExpression = EqualTo(column, vals[0]) if len(vals) == 1 else In(column, vals)
+            term: BooleanExpression = (
+                EqualTo(term=column, value=vals[0])
+                if len(vals) == 1
+                else In(term=column, literals=vals)
+            )
             expr = term if isinstance(expr, AlwaysTrue) else And(expr, term)
         return expr
 
@@ -530,6 +606,14 @@ class ShearCatalog:
             return 0
         return int(snapshot.summary.get("total-records", "0"))
 
+    def partition_counts(self, name: str) -> dict[int, int]:
+        """Rows per partition pixel of table ``name`` (from the data-file metadata)."""
+        counts: dict[int, int] = {}
+        for task in self.table(name).scan().plan_files():
+            pixel = int(task.file.partition[0])
+            counts[pixel] = counts.get(pixel, 0) + int(task.file.record_count)
+        return counts
+
     def data_files(self, name: str) -> list[str]:
         """Paths (URLs) of the data files of the current snapshot of table ``name``."""
         return [task.file.file_path for task in self.table(name).scan().plan_files()]
@@ -552,57 +636,139 @@ class ShearCatalog:
 
     # -- writes -----------------------------------------------------------------------
 
-    def write_files(self, name: str, data: pa.Table, *, sort_by: str | None = None) -> list[DataFile]:
-        """Write ``data`` (conformed to the table) as Parquet data files, one or more per
-        partition pixel, without committing them (see :meth:`replace`).
+    def file_schema(self, name: str) -> pa.Schema:
+        """The Arrow schema of the data files of table ``name`` (current table schema, with
+        Parquet field ids); :meth:`conform` casts batches to it. Strings stay ``string``
+        (not pyiceberg's ``large_string``): the Parquet type is the same and no cast is
+        needed."""
+        schema = schema_to_pyarrow(self.table(name).schema(), include_field_ids=True)
+        return pa.schema(
+            [f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f for f in schema]
+        )
 
-        Rows are sorted by ``sort_by`` within each file when given, else kept in order.
-        """
-        if data.num_rows == 0:
-            return []
+    def conform(self, name: str, data: pa.Table, schema: pa.Schema | None = None) -> pa.Table:
+        """``data`` cast to :meth:`file_schema` (pass it as ``schema`` to save its
+        construction): nullable columns the batch lacks become nulls (an older writer, a
+        newer table); extra columns are an error (call :meth:`evolve` first)."""
+        target = schema if schema is not None else self.file_schema(name)
+        names = data.column_names
+        extra = sorted(set(names) - set(target.names))
+        if extra:
+            raise ValueError(f"{self.identifier(name)} has no columns {extra}: evolve it first")
+        columns = []
+        for field in target:
+            if field.name in names:
+                column = data.column(field.name)
+                columns.append(column if column.type == field.type else column.cast(field.type))
+            elif field.nullable:
+                columns.append(pa.nulls(data.num_rows, field.type))
+            else:
+                raise ValueError(f"batch lacks required column {field.name!r} of {name}")
+        return pa.Table.from_arrays(columns, schema=target)
+
+    def write_partitions(
+        self,
+        name: str,
+        groups: Mapping[int, Sequence[pa.Table]],
+        *,
+        executor: Executor | None = None,
+    ) -> WrittenFiles:
+        """Write one Parquet data file per partition pixel from pieces already
+        :meth:`conform`-ed (rows in the given order), without committing them (see
+        :meth:`replace`). Files are written concurrently on ``executor`` when given."""
         table = self.table(name)
         meta = table.metadata
+        schema = meta.schema()
         spec = meta.spec()
-        data = self.conform(name, data)
-        part = data.column(PARTITION_COLUMN)
-        order = pc.sort_indices(
-            data,
-            sort_keys=[(PARTITION_COLUMN, "ascending")]
-            + ([(sort_by, "ascending")] if sort_by and sort_by != PARTITION_COLUMN else []),
-        )
-        data = data.take(order)
-        part = np.asarray(data.column(PARTITION_COLUMN))
-        starts = np.flatnonzero(np.r_[True, part[1:] != part[:-1]])
-        stops = np.r_[starts[1:], part.size]
-        task_schema = pyarrow_to_schema(data.schema, name_mapping=meta.schema().name_mapping)
-        target_size = int(
-            meta.properties.get("write.target-file-size-bytes", str(512 * 1024 * 1024))
-        )
+        if len(spec.fields) != 1 or spec.fields[0].name != PARTITION_COLUMN:
+            raise ValueError(f"{self.identifier(name)}: unexpected partition spec {spec}")
         field = spec.fields[0]
+        props = dict(meta.properties)
+        codec = props.get("write.parquet.compression-codec", "zstd")
+        level = props.get("write.parquet.compression-level")
+        locations = load_location_provider(meta.location, props)
+        stats_plan = compute_statistics_plan(schema, props)
+        id_mapping = parquet_path_to_id_mapping(schema)
         write_uuid = uuid.uuid4()
-        counter = itertools.count(0)
-        tasks = [
-            WriteTask(
-                write_uuid=write_uuid,
-                task_id=next(counter),
-                schema=task_schema,
-                record_batches=batches,
-                partition_key=PartitionKey(
-                    field_values=[PartitionFieldValue(field=field, value=int(part[a]))],
-                    partition_spec=spec,
-                    schema=meta.schema(),
-                ),
+        io = table.io
+
+        def write_one(task: tuple[int, int, Sequence[pa.Table]]) -> DataFile:
+            task_id, pixel, pieces = task
+            data = pa.concat_tables(pieces)
+            dict_columns = _dictionary_columns(data.schema)
+            key = PartitionKey(
+                field_values=[PartitionFieldValue(field=field, value=pixel)],
+                partition_spec=spec,
+                schema=schema,
             )
-            for a, b in zip(starts, stops, strict=True)
-            for batches in bin_pack_arrow_table(data.slice(int(a), int(b - a)), target_size)
+            path = locations.new_data_location(
+                data_file_name=f"00000-{task_id}-{write_uuid}.parquet", partition_key=key
+            )
+            output = io.new_output(path)
+            with output.create(overwrite=True) as stream:
+                writer = pq.ParquetWriter(
+                    stream,
+                    data.schema,
+                    compression=codec,
+                    compression_level=None if level is None else int(level),
+                    use_dictionary=dict_columns,
+                )
+                writer.write_table(data, row_group_size=1 << 20)
+                writer.close()
+            stats = data_file_statistics_from_parquet_metadata(
+                parquet_metadata=writer.writer.metadata,
+                stats_columns=stats_plan,
+                parquet_column_mapping=id_mapping,
+            )
+            return DataFile.from_args(
+                content=DataFileContent.DATA,
+                file_path=path,
+                file_format=FileFormat.PARQUET,
+                partition=key.partition,
+                file_size_in_bytes=len(output),
+                sort_order_id=None,
+                spec_id=meta.default_spec_id,
+                equality_ids=None,
+                key_metadata=None,
+                **stats.to_serialized_dict(),
+            )
+
+        tasks = [
+            (i, int(pixel), pieces)
+            for i, (pixel, pieces) in enumerate(sorted(groups.items()))
+            if sum(p.num_rows for p in pieces)
         ]
-        return list(write_file(io=table.io, table_metadata=meta, tasks=iter(tasks)))
+        if executor is None:
+            files = tuple(write_one(t) for t in tasks)
+        else:
+            files = tuple(executor.map(write_one, tasks))
+        return WrittenFiles(name, files)
+
+    def write_files(
+        self, name: str, data: pa.Table, *, executor: Executor | None = None
+    ) -> WrittenFiles:
+        """Write ``data`` as data files, one per partition pixel (rows keep their order
+        within a pixel), without committing them (see :meth:`replace`)."""
+        if data.num_rows == 0:
+            return WrittenFiles(name, ())
+        data = self.conform(name, data)
+        pixels = np.asarray(data.column(PARTITION_COLUMN), dtype=np.int64)
+        order = np.argsort(pixels, kind="stable")
+        data = data.take(pa.array(order))
+        pixels = pixels[order]
+        starts = np.flatnonzero(np.r_[True, pixels[1:] != pixels[:-1]])
+        stops = np.r_[starts[1:], pixels.size]
+        groups = {
+            int(pixels[a]): [data.slice(int(a), int(b - a))]
+            for a, b in zip(starts, stops, strict=True)
+        }
+        return self.write_partitions(name, groups, executor=executor)
 
     def replace(
         self,
         name: str,
         keys: Iterable[int],
-        files: Sequence[DataFile],
+        files: WrittenFiles,
         properties: Mapping[str, str],
     ) -> int:
         """Commit, in one transaction, the deletion of every row of ``keys`` and the
@@ -613,6 +779,8 @@ class ShearCatalog:
         CommitConflictError
             When another writer committed first (the table is refreshed; retry).
         """
+        if files.table != name:
+            raise ValueError(f"files written for {files.table!r} cannot be committed to {name!r}")
         table = self.table(name)
         props = dict(properties)
         existing = self.existing_keys(name, keys)
@@ -621,13 +789,13 @@ class ShearCatalog:
                 if existing:
                     tx.delete(self._filter(keys=existing), snapshot_properties=props)
                 with tx.update_snapshot(snapshot_properties=props).merge_append() as append:
-                    for data_file in files:
+                    for data_file in files.files:
                         append.append_data_file(data_file)
-        except CommitFailedException as exc:
+        except (CommitFailedException, ValidationException) as exc:
             self.refresh()
             raise CommitConflictError(f"{self.identifier(name)}: {exc}") from exc
         except Exception as exc:
-            if "database is locked" in str(exc):
+            if _is_locked(exc):
                 self.refresh()
                 raise CommitConflictError(f"{self.identifier(name)}: {exc}") from exc
             raise

@@ -27,7 +27,13 @@ from constellation.results.store import ResultMarker, write_result
 from constellation.sky.healpix import radec_to_index
 from constellation.sky.tiling import SubTile, SubTileGrid, Tile
 
-__all__ = ["ShearFunction", "SyntheticSubTile", "synthetic_result", "synthetic_tiles", "write_results"]
+__all__ = [
+    "ShearFunction",
+    "SyntheticSubTile",
+    "synthetic_result",
+    "synthetic_tiles",
+    "write_results",
+]
 
 #: ``(ra, dec) -> (g1, g2)`` in degrees; the shear injected into the synthetic results.
 ShearFunction = Callable[[float, float], tuple[float, float]]
@@ -50,7 +56,7 @@ def synthetic_tiles(
 ) -> list[Tile]:
     """``n_ra x n_dec`` adjacent tiles centred on ``(ra_deg, dec_deg)`` (ids ascending)."""
     step = core_size_arcmin / 60.0
-    tiles = []
+    tiles: list[Tile] = []
     for j in range(n_dec):
         dec = dec_deg + (j - 0.5 * (n_dec - 1)) * step
         for i in range(n_ra):

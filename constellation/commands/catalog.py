@@ -1,0 +1,137 @@
+"""``constellation assemble``, ``validate`` and ``report``: the Iceberg shear catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from constellation.commands._common import fail, get_state
+
+TileOption = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else every tile."
+    ),
+]
+
+
+def _tiles(tile: list[int] | None, configured: list[int]) -> list[int] | None:
+    if tile:
+        return sorted(set(tile))
+    if configured:
+        return sorted(set(configured))
+    return None
+
+
+def assemble(
+    ctx: typer.Context,
+    tile: TileOption = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Sub-tiles per Iceberg commit.")
+    ] = 1000,
+    run_id: Annotated[
+        str | None,
+        typer.Option("--run-id", help="Run id for the snapshot summaries (default: generated)."),
+    ] = None,
+    any_config: Annotated[
+        bool,
+        typer.Option("--any-config", help="Also assemble results of other science config hashes."),
+    ] = False,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Reader/writer threads.")
+    ] = None,
+) -> None:
+    """Commit the sub-tile results not yet in the catalog (batched, idempotent)."""
+    from constellation.catalog.assemble import assemble as run_assemble
+
+    settings = get_state(ctx).settings
+    with Progress(
+        TextColumn("[bold]assemble"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=Console(stderr=True), transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = run_assemble(
+            settings,
+            tiles=_tiles(tile, settings.runtime.tiles),
+            batch_size=batch_size,
+            run_id=run_id,
+            only_config=not any_config,
+            workers=workers,
+            progress=progress,
+        )
+    typer.echo(report.summary())
+    if report.found == 0:
+        typer.echo("no results found: run 'constellation infer' first")
+    if report.unreadable:
+        fail(f"{report.unreadable} results could not be read: {report.unreadable_dirs[:5]}")
+
+
+def validate(
+    ctx: typer.Context,
+    tile: TileOption = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit with status 1 on any violation.")
+    ] = False,
+    allow_failed: Annotated[
+        bool,
+        typer.Option("--allow-failed", help="Failed sub-tiles are reported, not violations."),
+    ] = False,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Also write the Markdown report here.")
+    ] = None,
+) -> None:
+    """Check the catalog: missing and failed sub-tiles, NaN/inf, |g| >= 1, duplicates."""
+    from constellation.catalog.validate import validate as run_validate
+    from constellation.io.storage import storage_from_config
+
+    settings = get_state(ctx).settings
+    storage = storage_from_config(settings.runtime.storage)
+    report = run_validate(
+        settings,
+        tiles=_tiles(tile, settings.runtime.tiles),
+        allow_failed=allow_failed,
+        storage=storage,
+    )
+    text = report.to_markdown()
+    typer.echo(text, nl=False)
+    if out:
+        storage.write_bytes(out, text.encode("utf-8"))
+    if strict and not report.passed:
+        fail(report.summary())
+
+
+def report(
+    ctx: typer.Context,
+    tile: TileOption = None,
+    out: Annotated[
+        str | None,
+        typer.Option("--out", "-o", help="Output folder (default: {work_uri}/report)."),
+    ] = None,
+    truth: Annotated[
+        str | None,
+        typer.Option("--truth", help="Truth folder of a simulated field (default: auto)."),
+    ] = None,
+) -> None:
+    """Draw the shear whisker map, coverage, distributions (and truth comparison)."""
+    from constellation.catalog.report import make_report
+
+    settings = get_state(ctx).settings
+    result = make_report(
+        settings, out=out, truth_uri=truth, tiles=_tiles(tile, settings.runtime.tiles)
+    )
+    typer.echo(f"shear map: {result.shear_map}")
+    for path in result.figures[1:]:
+        typer.echo(f"figure: {path}")
+    typer.echo(f"summary: {result.markdown}")
+    for name, fit in result.fits.items():
+        typer.echo(
+            f"{name} vs injected: m = {fit.m:+.4f} ± {fit.m_err:.4f}, "
+            f"c = {fit.c:+.5f} ± {fit.c_err:.5f}, chi2/N = {fit.chi2_n:.2f}"
+        )

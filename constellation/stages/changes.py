@@ -1,0 +1,190 @@
+"""What changed since the last run, and which tiles it affects (field reprocessing).
+
+Three kinds of change make a tile stale:
+
+* **exposures** — quadrant-index rows added, removed or changed (a new DET file,
+  a reprocessed one, a new BKG or PSF): every tile whose reach (core grown by the
+  sub-tile margin) meets the changed quadrant's footprint;
+* **catalogs** — a MER catalog whose size or version changed since the state
+  saved by the previous reprocessing run: its tile and every tile that reads it
+  as a neighbour;
+* **configuration** — a tile whose prepared sub-tiles carry another science
+  config hash, or that was never prepared.
+
+Pure functions over tables and small dicts plus two helpers that read and write
+the saved state; the reprocessing flow strings them together.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from constellation.io.storage import Storage
+from constellation.manifest import layout
+from constellation.sky import sky_to_plane
+from constellation.sky.registry import TileRegistry
+
+__all__ = [
+    "INDEX_KEY_COLUMNS",
+    "catalog_fingerprints",
+    "changed_catalog_tiles",
+    "changed_index_rows",
+    "read_index_keys",
+    "read_state",
+    "stale_config_tiles",
+    "tiles_touched",
+    "write_state",
+]
+
+#: Columns whose change makes a quadrant-index row "changed".
+INDEX_KEY_COLUMNS = (
+    "exposure", "quadrant", "det_url", "det_size", "det_etag", "bkg_url", "psf_url",
+    "magzerop", "exptime",
+)  # fmt: skip
+_FOOTPRINT = ("footprint_ra", "footprint_dec")
+
+
+def read_index_keys(storage: Storage, url: str) -> pa.Table | None:
+    """The key and footprint columns of a quadrant index, or None if there is none."""
+    if not storage.exists(url):
+        return None
+    data = storage.read_bytes(url)
+    return pq.read_table(io.BytesIO(data), columns=[*INDEX_KEY_COLUMNS, *_FOOTPRINT])
+
+
+def _keys(table: pa.Table) -> list[tuple[Any, ...]]:
+    cols = [table.column(c).to_pylist() for c in INDEX_KEY_COLUMNS]
+    return list(zip(*cols, strict=True))
+
+
+def changed_index_rows(before: pa.Table | None, after: pa.Table | None) -> pa.Table:
+    """Rows present in only one of the two index versions (added, removed or changed)."""
+    if before is None and after is None:
+        return pa.table({c: pa.array([], pa.list_(pa.float64())) for c in _FOOTPRINT})
+    if before is None or after is None:
+        only = after if after is not None else before
+        assert only is not None
+        return only.select(list(_FOOTPRINT))
+    kb, ka = _keys(before), _keys(after)
+    sb, sa = set(kb), set(ka)
+    added = [i for i, k in enumerate(ka) if k not in sb]
+    removed = [i for i, k in enumerate(kb) if k not in sa]
+    parts = [
+        after.take(pa.array(added, pa.int64())).select(list(_FOOTPRINT)),
+        before.take(pa.array(removed, pa.int64())).select(list(_FOOTPRINT)),
+    ]
+    return pa.concat_tables(parts)
+
+
+def tiles_touched(registry: TileRegistry, footprints: pa.Table, margin_arcmin: float) -> set[int]:
+    """Tiles whose reach box meets the bounding box (in the tile's plane) of a footprint."""
+    if footprints.num_rows == 0:
+        return set()
+    ra_lists = footprints.column("footprint_ra").to_pylist()
+    dec_lists = footprints.column("footprint_dec").to_pylist()
+    counts = np.array([len(v) for v in ra_lists])
+    ra = np.concatenate([np.asarray(v, np.float64) for v in ra_lists])
+    dec = np.concatenate([np.asarray(v, np.float64) for v in dec_lists])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    # centre of each footprint, to skip tiles far away before projecting
+    cx = np.array([np.mean(v) for v in dec_lists])
+    touched: set[int] = set()
+    for tile in registry:
+        reach = tile.reach_box(margin_arcmin)
+        tra, tdec = tile.ra_deg, tile.dec_deg
+        near = np.abs(cx - tdec) < 2.0
+        if not near.any():
+            continue
+        x, y = sky_to_plane(ra, dec, tra, tdec)
+        with np.errstate(invalid="ignore"):
+            xmin = np.minimum.reduceat(x, starts)
+            xmax = np.maximum.reduceat(x, starts)
+            ymin = np.minimum.reduceat(y, starts)
+            ymax = np.maximum.reduceat(y, starts)
+        hit = (
+            near
+            & (xmax >= reach.x_min)
+            & (xmin < reach.x_max)
+            & (ymax >= reach.y_min)
+            & (ymin < reach.y_max)
+        )
+        if hit.any():
+            touched.add(tile.tile_id)
+    return touched
+
+
+def catalog_fingerprints(
+    storage: Storage, data_uri: str, tile_ids: Iterable[int]
+) -> dict[str, Any]:
+    """``{tile_id: {url, size, version}}`` of each tile's MER catalog (None if absent)."""
+    from constellation.io.mer_catalogs import find_catalog
+
+    out: dict[str, Any] = {}
+    for tid in tile_ids:
+        info = find_catalog(storage, data_uri, int(tid))
+        if info is None:
+            out[str(int(tid))] = None
+            continue
+        raw = info.raw or {}
+        version = info.etag or raw.get("mtime") or raw.get("LastModified")
+        out[str(int(tid))] = {"url": info.url, "size": info.size, "version": str(version)}
+    return out
+
+
+def changed_catalog_tiles(
+    before: Mapping[str, Any], now: Mapping[str, Any], readers: Mapping[int, Iterable[int]]
+) -> set[int]:
+    """Tiles affected by catalogs that differ between two fingerprint maps.
+
+    ``readers`` maps a tile to the tiles whose catalogs it reads (itself excluded):
+    the neighbours listed by the prepare plan.
+    """
+    changed = {int(t) for t, fp in now.items() if before.get(t, "absent") != fp}
+    affected = set(changed)
+    for tile, reads in readers.items():
+        if changed.intersection(int(n) for n in reads):
+            affected.add(int(tile))
+    return affected
+
+
+def stale_config_tiles(
+    storage: Storage, work_uri: str, tile_ids: Iterable[int], config_hash: str
+) -> set[int]:
+    """Tiles never prepared, or prepared under another science config hash."""
+    stale: set[int] = set()
+    for tid in tile_ids:
+        url = layout.done_url(work_uri, int(tid), 0, 0)
+        try:
+            doc = json.loads(storage.read_bytes(url))
+        except (OSError, ValueError):
+            stale.add(int(tid))
+            continue
+        if doc.get("config_hash") != config_hash:
+            stale.add(int(tid))
+    return stale
+
+
+def _state_url(work_uri: str) -> str:
+    return layout.join(work_uri, "state", "reprocess.json")
+
+
+def read_state(storage: Storage, work_uri: str) -> dict[str, Any]:
+    """The state saved by the previous reprocessing run (empty if none)."""
+    try:
+        doc = json.loads(storage.read_bytes(_state_url(work_uri)))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def write_state(storage: Storage, work_uri: str, state: Mapping[str, Any]) -> None:
+    """Save the reprocessing state (atomic write)."""
+    payload = json.dumps(state, sort_keys=True, indent=1).encode("utf-8")
+    storage.write_bytes(_state_url(work_uri), payload)

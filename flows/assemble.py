@@ -1,0 +1,54 @@
+"""Assemble flow: commit the sub-tile results into the Iceberg shear catalog, then
+validate it and draw the QA figures."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from flows.common import load_settings, new_run_id, settings_from_json, settings_json
+
+__all__ = ["assemble_catalog", "assemble_task", "report_task", "validate_task"]
+
+
+@task(name="assemble", cache_policy=NO_CACHE, persist_result=False, retries=2)
+def assemble_task(payload: str, tiles: list[int] | None, run_id: str) -> dict[str, Any]:
+    """Commit pending results (batched, idempotent; see constellation.catalog.assemble)."""
+    from constellation.catalog.assemble import assemble
+
+    report = assemble(settings_from_json(payload), tiles=tiles, run_id=run_id)
+    return asdict(report)
+
+
+@task(name="validate", cache_policy=NO_CACHE, persist_result=False)
+def validate_task(payload: str, tiles: list[int] | None) -> dict[str, Any]:
+    """Validate the catalog against the prepared sub-tiles; return the summary."""
+    from constellation.catalog.validate import validate
+
+    report = validate(settings_from_json(payload), tiles=tiles)
+    return {"ok": report.ok, "summary": report.summary(), "violations": report.n_violations}
+
+
+@task(name="report", cache_policy=NO_CACHE, persist_result=False)
+def report_task(payload: str, out: str | None = None) -> dict[str, Any]:
+    """Write the QA figures and summary; return their paths."""
+    from constellation.catalog.report import make_report
+
+    result = make_report(settings_from_json(payload), out=out)
+    return {"shear_map": str(result.shear_map), "summary": str(result.summary)}
+
+
+@flow(name="assemble-catalog", log_prints=False, persist_result=False)
+def assemble_catalog(
+    config: str | None = None, tiles: list[int] | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """Commit the results of ``tiles`` (default: all) into the catalog and validate it."""
+    log = get_run_logger()
+    payload = settings_json(load_settings(config))
+    assembled = assemble_task(payload, tiles, run_id or new_run_id())
+    validated = validate_task(payload, tiles)
+    log.info("%s", validated["summary"])
+    return {"assemble": assembled, "validate": validated}

@@ -1,0 +1,1 @@
+"""Tests of the deployment files: prefect.yaml and ray_cluster.yaml."""
