@@ -76,6 +76,12 @@ def test_table_layout(field: Field) -> None:
         assert cat.table_partition_order(name) == expected_order
         sort = table.sort_order()
         assert [table.schema().find_field(f.source_id).name for f in sort.fields] == [KEY_COLUMN]
+        # The assembler retries conflicts itself (see test_concurrency).
+        assert table.properties["commit.retry.num-retries"] == "0"
+    # A table whose retries were switched back on gets them off again when opened.
+    with cat.table(SOURCES).transaction() as tx:
+        tx.set_properties({"commit.retry.num-retries": "4"})
+    assert field.catalog().table(SOURCES).properties["commit.retry.num-retries"] == "0"
     schema = cat.table(SOURCES).schema()
     assert schema.find_field("e1").doc == "Intrinsic ellipticity e1 (same frame as g1)."
     assert schema.find_field("object_id").required

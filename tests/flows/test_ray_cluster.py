@@ -1,0 +1,83 @@
+"""The infer flow against a real multi-node Ray cluster (by address), with fake GPUs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.fields import PreparedField
+from tests.flows.conftest import write_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ray(*args: str, env: dict[str, str]) -> None:
+    ray_bin = Path(sys.executable).with_name("ray")
+    subprocess.run([str(ray_bin), *args], check=True, env=env, capture_output=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def cluster(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A head node with no GPU plus a worker node with 2 fake GPUs; yields the address."""
+    port = _free_port()
+    temp = tmp_path_factory.mktemp("raycluster")
+    env = dict(
+        os.environ, PREFECT_API_URL=prefect_api, DO_NOT_TRACK="1", RAY_TMPDIR=str(temp),
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
+             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+             env=env)  # fmt: skip
+        _ray("start", f"--address={address}", "--num-cpus=2", "--num-gpus=2",
+             "--resources={\"gpu_node\": 1}", "--disable-usage-stats", env=env)  # fmt: skip
+        yield address
+    finally:
+        subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+            env=env, capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+
+
+def test_every_subtile_runs_once_on_the_gpu_node(
+    cluster: str, prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    import ray
+
+    from constellation.inference import clear_backends
+    from flows.infer import infer_subtiles
+
+    clear_backends()
+    work = prepared_field.copy_work(tmp_path / "work")
+    config = write_config(
+        tmp_path / "config.yaml", prepared_field.root, work,
+        ray={"address": cluster, "local_num_gpus": None},
+    )  # fmt: skip
+    tiles = list(prepared_field.tile_ids[:2])
+    t0 = time.perf_counter()
+    out = infer_subtiles(config=str(config), tiles=tiles, run_id="cluster")
+    assert time.perf_counter() - t0 < 600
+    assert out["counts"] == {"ok": 32}
+    assert sum(out["nodes"].values()) == 32
+    # the flow disconnected; look the nodes up again to find the GPU one
+    ray.init(address=cluster, logging_level="WARNING")
+    try:
+        gpu_nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("GPU")}
+        cpu_only = {n["NodeID"] for n in ray.nodes() if n["Alive"]} - gpu_nodes
+    finally:
+        ray.shutdown()
+    assert len(gpu_nodes) == 1
+    assert cpu_only
+    assert set(out["nodes"]) == gpu_nodes
