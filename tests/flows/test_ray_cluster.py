@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -29,14 +30,22 @@ def _ray(*args: str, env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A head node with no GPU plus a worker node with 2 fake GPUs; yields the address."""
+    """A head node with no GPU plus a worker node with 2 fake GPUs; yields the address.
+
+    Ray >= 2.5x clusters started with ``ray start`` use token authentication: every
+    node and the driver (this process) share one token from the environment.
+    """
     port = _free_port()
     temp = tmp_path_factory.mktemp("raycluster")
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env = dict(
         os.environ, PREFECT_API_URL=prefect_api, DO_NOT_TRACK="1", RAY_TMPDIR=str(temp),
-        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0",
+        RAY_ENABLE_UV_RUN_RUNTIME_ENV="0", **auth,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
+    patch = pytest.MonkeyPatch()
+    for name, value in auth.items():
+        patch.setenv(name, value)
     try:
         _ray("start", "--head", f"--port={port}", "--num-cpus=1", "--num-gpus=0",
              "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
@@ -45,6 +54,7 @@ def cluster(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
              "--resources={\"gpu_node\": 1}", "--disable-usage-stats", env=env)  # fmt: skip
         yield address
     finally:
+        patch.undo()
         subprocess.run(
             [str(Path(sys.executable).with_name("ray")), "stop", "--force"],
             env=env, capture_output=True, timeout=120, check=False,
