@@ -30,7 +30,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from constellation.inference import get_backend
+from constellation.inference import BackendError, get_backend
 from constellation.manifest import layout
 from constellation.stages.infer import infer_subtile
 from flows.common import (
@@ -43,14 +43,40 @@ from flows.common import (
     storage_for,
 )
 
-__all__ = ["SubTileFailedError", "infer_batch", "infer_subtile_task", "infer_subtiles"]
+__all__ = [
+    "BackendUnavailableError",
+    "SubTileFailedError",
+    "infer_batch",
+    "infer_subtile_task",
+    "infer_subtiles",
+]
 
 
 class SubTileFailedError(RuntimeError):
     """Raised by the task after writing a ``failed`` result, so Prefect retries it."""
 
 
-@task(name="infer-subtile", cache_policy=NO_CACHE, persist_result=False)
+class BackendUnavailableError(RuntimeError):
+    """The backend cannot be built on the workers (e.g. SHINE not installed there)."""
+
+
+def _retry_unless_backend_unavailable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retrying cannot help when the backend cannot be built."""
+    try:
+        state.result()
+    except BackendError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(
+    name="infer-subtile",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_retry_unless_backend_unavailable,
+)
 def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool) -> dict[str, Any]:
     """Infer one sub-tile (see :func:`constellation.stages.infer.infer_subtile`)."""
     settings = settings_from_json(payload)
@@ -111,6 +137,7 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
     counts: Counter[str] = Counter()
     nodes: Counter[str] = Counter()
     failures: list[str] = []
+    broken: list[str] = []
     pending: list[Any] = []
     t0 = time.perf_counter()
     step = max(1, len(urls) // 10)
@@ -126,7 +153,10 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
                 nodes[str(value["node"])] += 1
             else:
                 counts["failed"] += 1
-                failures.append(str(state.message or state.name))
+                message = str(state.message or state.name)
+                failures.append(message)
+                if "BackendError" in message:
+                    broken.append(message)
             finished = sum(counts.values())
             if finished % step == 0 or finished == len(urls):
                 log.info(
@@ -143,9 +173,16 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
         for url in urls:
             while len(pending) >= settings.runtime.max_in_flight:
                 collect(_wait_any(pending))
+            if broken:
+                break
             pending.append(runner.submit(payload, url, run_id, force))
         while pending:
             collect(_wait_any(pending))
+    if broken:
+        raise BackendUnavailableError(
+            f"the {settings.science.backend.name!r} backend cannot run on the Ray workers; "
+            f"stopped after {sum(counts.values())} of {len(urls)} sub-tiles: {broken[0]}"
+        )
     return {
         "subtiles": len(urls),
         "counts": dict(counts),

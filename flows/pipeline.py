@@ -24,6 +24,7 @@ def run_pipeline(
     run_id: str | None,
     report: bool = True,
     settings: Any | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """The body of :func:`pipeline` (inside a flow run)."""
     log = get_run_logger()
@@ -43,7 +44,7 @@ def run_pipeline(
     times["prepare_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    inferred = run_inference(settings, chosen, rid)
+    inferred = run_inference(settings, chosen, rid, force)
     times["infer_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -77,6 +78,8 @@ def pipeline(
     tiles: list[int] | None = None,
     run_id: str | None = None,
     report: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole pipeline for ``tiles`` (default: ``runtime.tiles``, else every tile)."""
-    return run_pipeline(config, tiles, run_id, report)
+    """Run the whole pipeline for ``tiles`` (default: ``runtime.tiles``, else every tile);
+    ``force`` re-infers sub-tiles that already have a result."""
+    return run_pipeline(config, tiles, run_id, report, force=force)
