@@ -120,7 +120,9 @@ def _wait_any(pending: list[Any]) -> list[Any]:
     import ray
 
     refs = {f.wrapped_future: f for f in pending}
-    ready, _ = ray.wait(list(refs), num_returns=1)
+    ray.wait(list(refs), num_returns=1)
+    # then everything else that is ready too: one pass of the driver loop per wake-up
+    ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
     return [refs[r] for r in ready]
 
 

@@ -442,7 +442,17 @@ def build_quadrant_index(
     table = _to_table(rows, versions)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", row_group_size=ROW_GROUP_SIZE)
-    storage.write_bytes(out_url, buf.getvalue())
+    payload = buf.getvalue()
+    # Rewrite only when the content changes: the prepare stage fingerprints the index
+    # file (size, mtime/ETag), so an unchanged index keeps every prepared tile "done".
+    unchanged = False
+    if prev is not None:
+        try:
+            unchanged = storage.read_bytes(out_url) == payload
+        except OSError:
+            unchanged = False
+    if not unchanged:
+        storage.write_bytes(out_url, payload)
 
     after = storage.stats.snapshot()
     c = builder.summary_counts
