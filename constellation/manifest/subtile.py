@@ -265,7 +265,7 @@ def _emit_sequence(items: list[Any], indent: int, lines: list[str]) -> None:
             lines.append(f"{pad}- {_scalar(item)}")
 
 
-class _Unsupported(ValueError):
+class _UnsupportedYamlError(ValueError):
     """Text outside the YAML subset :func:`dump_manifest` writes."""
 
 
@@ -287,13 +287,13 @@ def _fast_scalar(text: str) -> Any:
     if text.startswith('"'):
         value, end = _JSON.raw_decode(text)
         if end != len(text):
-            raise _Unsupported(text)
+            raise _UnsupportedYamlError(text)
         return value
     if _INT.fullmatch(text):
         return int(text)
     if _FLOAT.fullmatch(text):
         return float(text)
-    raise _Unsupported(text)
+    raise _UnsupportedYamlError(text)
 
 
 def _split_entry(content: str) -> tuple[str, str | None] | None:
@@ -306,7 +306,7 @@ def _split_entry(content: str) -> tuple[str, str | None] | None:
         if tail == ":":
             return key, None
         if not tail.startswith(": "):
-            raise _Unsupported(content)
+            raise _UnsupportedYamlError(content)
         return key, tail[2:]
     m = _PLAIN_ENTRY.fullmatch(content)
     if m is None:
@@ -320,7 +320,7 @@ class _FastLoader:
     PyYAML spends ~1.5 us per node constructing Python objects (~60 ms for a manifest
     of 40 exposures); this reads the same text in a few ms. Anything outside the
     subset — comments, flow collections, anchors, plain strings, YAML 1.1 number
-    forms — raises :class:`_Unsupported` and the caller falls back to PyYAML, so
+    forms — raises :class:`_UnsupportedYamlError` and the caller falls back to PyYAML, so
     hand-edited manifests still load with full YAML semantics.
     """
 
@@ -331,7 +331,7 @@ class _FastLoader:
             if not content:
                 continue
             if content.startswith("#") or "\t" in line[: len(line) - len(content)]:
-                raise _Unsupported("comments or tabs")
+                raise _UnsupportedYamlError("comments or tabs")
             self.lines.append((len(line) - len(content), content.rstrip(" ")))
 
     def load(self) -> Any:
@@ -339,7 +339,7 @@ class _FastLoader:
             return None
         value, end = self._block(0, self.lines[0][0])
         if end != len(self.lines):
-            raise _Unsupported("trailing content")
+            raise _UnsupportedYamlError("trailing content")
         return value
 
     def _block(self, i: int, indent: int) -> tuple[Any, int]:
@@ -351,7 +351,7 @@ class _FastLoader:
     def _nested(self, i: int, indent: int) -> tuple[Any, int]:
         if i < len(self.lines) and self.lines[i][0] > indent:
             return self._block(i, self.lines[i][0])
-        raise _Unsupported("empty value")
+        raise _UnsupportedYamlError("empty value")
 
     def _mapping(self, i: int, indent: int) -> tuple[dict[str, Any], int]:
         out: dict[str, Any] = {}
@@ -360,13 +360,13 @@ class _FastLoader:
             if ind < indent:
                 break
             if ind > indent:
-                raise _Unsupported("indentation")
+                raise _UnsupportedYamlError("indentation")
             entry = _split_entry(content)
             if entry is None:
-                raise _Unsupported(content)
+                raise _UnsupportedYamlError(content)
             key, rest = entry
             if key in out:
-                raise _Unsupported(f"duplicate key {key!r}")
+                raise _UnsupportedYamlError(f"duplicate key {key!r}")
             if rest is None:
                 out[key], i = self._nested(i + 1, indent)
             else:
@@ -381,7 +381,7 @@ class _FastLoader:
             if ind < indent:
                 break
             if ind > indent or not (content == "-" or content.startswith("- ")):
-                raise _Unsupported("sequence layout")
+                raise _UnsupportedYamlError("sequence layout")
             if content == "-":
                 value, i = self._nested(i + 1, indent)
                 out.append(value)
@@ -403,7 +403,7 @@ def load_yaml_subset(data: bytes | str) -> Any:
     text = data.decode("utf-8") if isinstance(data, bytes) else data
     try:
         return _FastLoader(text).load()
-    except (_Unsupported, ValueError):
+    except (_UnsupportedYamlError, ValueError):
         return yaml.load(text, Loader=_Loader)
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from constellation.manifest.subtile import (
     _emit_mapping,
     _FastLoader,
-    _Unsupported,
+    _UnsupportedYamlError,
     load_yaml_subset,
 )
 
@@ -65,7 +65,7 @@ def test_other_yaml_falls_back_to_pyyaml() -> None:
     for text in hand_edited:
         try:
             _FastLoader(text).load()
-        except _Unsupported:
+        except _UnsupportedYamlError:
             pass
         else:
             raise AssertionError(f"fast loader accepted {text!r}")
