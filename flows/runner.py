@@ -48,6 +48,9 @@ from prefect_ray.task_runners import PrefectRayFuture, RayTaskRunner
 __all__ = ["SubTileRayTaskRunner", "run_in_worker"]
 
 _WORKER_CLIENT: dict[str, Any] = {}
+#: Ray remote functions by remote options, shared by every runner of this process: a
+#: new one would be pickled and exported to the workers again for each sub-flow run.
+_REMOTE_FUNCTIONS: dict[Any, Any] = {}
 
 
 def _worker_client_context() -> None:
@@ -75,7 +78,6 @@ class SubTileRayTaskRunner(RayTaskRunner):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._context_cache: dict[Any, dict[str, Any]] = {}
-        self._remote_cache: dict[Any, Any] = {}
 
     def duplicate(self) -> SubTileRayTaskRunner:
         return type(self)(address=self.address, init_kwargs=self.init_kwargs)
@@ -102,10 +104,10 @@ class SubTileRayTaskRunner(RayTaskRunner):  # type: ignore[misc]
 
     def _remote(self, options: dict[str, Any] | None) -> Any:
         key = tuple(sorted((options or {}).items()))
-        fn = self._remote_cache.get(key)
+        fn = _REMOTE_FUNCTIONS.get(key)
         if fn is None:
             fn = ray.remote(**options)(run_in_worker) if options else ray.remote(run_in_worker)
-            self._remote_cache[key] = fn
+            _REMOTE_FUNCTIONS[key] = fn
         return fn
 
     def submit(
