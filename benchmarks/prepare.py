@@ -21,6 +21,9 @@ Prints ``name=value`` lines:
     faults, thread-pool and Parquet-writer start-up included).
 ``prepare_peak_rss_mb``
     Peak resident memory of the process (inputs included). Target <= 1500 MB.
+``prepare_manifest_load_ms``
+    Mean time to read one of those manifests back (:func:`parse_manifest`: the fast
+    loader of the emitted YAML subset, then validation).
 ``prepare_manifest_dump_ms``
     Mean time to serialise one manifest to YAML.
 ``stage_bytes_ratio``
@@ -47,7 +50,7 @@ import pyarrow as pa
 from constellation.config import ScienceConfig
 from constellation.io.storage import Storage
 from constellation.manifest.quadrant_index import QUADRANT_INDEX_SCHEMA
-from constellation.manifest.subtile import dump_manifest
+from constellation.manifest.subtile import dump_manifest, parse_manifest
 from constellation.sky.tiling import Tile
 from constellation.stages.prepare import QUADRANT_COLUMNS, prepare_tile, write_subtiles
 
@@ -182,12 +185,17 @@ def main() -> None:
         for p in prepared:
             dump_manifest(p.manifest)
         dump_ms = (time.perf_counter() - t1) / len(prepared) * 1e3
+        t1 = time.perf_counter()
+        for p in prepared:
+            parse_manifest(p.manifest_bytes)
+        load_ms = (time.perf_counter() - t1) / len(prepared) * 1e3
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n_exp = sum(len(p.manifest.exposures) for p in prepared)
     print(f"prepare_tile_s={elapsed:.3f}")
     print(f"prepare_tile_first_s={times[0]:.3f}")
     print(f"prepare_peak_rss_mb={rss_kb / 1024:.1f}")
     print(f"prepare_manifest_dump_ms={dump_ms:.2f}")
+    print(f"prepare_manifest_load_ms={load_ms:.2f}")
     print(f"{n_own} own + {other.num_rows} neighbour sources, {n_exp} sub-tile exposures",
           file=sys.stderr)  # fmt: skip
     ratio, stage_s, note = _stage(args.quick)

@@ -70,6 +70,7 @@ def test_prepare_benchmark_quick() -> None:
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     assert sorted(values) == [
         "prepare_manifest_dump_ms",
+        "prepare_manifest_load_ms",
         "prepare_peak_rss_mb",
         "prepare_tile_first_s",
         "prepare_tile_s",
