@@ -60,7 +60,10 @@ def test_infer_reports_failures_and_bad_input(
     assert result.exit_code == 1
     assert "1 ok, 0 failed, 0 already done, 1 unreadable" in result.output
     assert runner.invoke(app, ["-c", str(cfg), "infer", "--backend", "gpu", url]).exit_code == 2
-    assert runner.invoke(app, ["-c", str(cfg), "infer"]).exit_code == 1
+    empty_work = _config(prepared_field, tmp_path / "empty", tmp_path)
+    nothing = runner.invoke(app, ["-c", str(empty_work), "infer"])
+    assert nothing.exit_code == 1
+    assert "no prepared sub-tiles" in nothing.output
     empty = runner.invoke(app, ["-c", str(cfg), "infer", "--tile", "999"])
     assert "no manifests for tile 999" in empty.output
 

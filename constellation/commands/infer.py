@@ -29,7 +29,12 @@ def infer(
     ] = None,
     tile: Annotated[
         list[int] | None,
-        typer.Option("--tile", "-t", help="Infer every prepared sub-tile of this tile."),
+        typer.Option(
+            "--tile",
+            "-t",
+            help="Infer every prepared sub-tile of this tile. Default (no manifests, no "
+            "--tile): runtime.tiles, else every prepared sub-tile.",
+        ),
     ] = None,
     backend_name: Annotated[
         str | None,
@@ -73,8 +78,15 @@ def infer(
             if not found:
                 fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
             urls.extend(found)
-    if not urls:
-        fail("give manifest URLs or --tile")
+    if not urls and not tile:
+        # default: runtime.tiles, else every prepared sub-tile under the work root
+        work = settings.runtime.storage.work_uri
+        tiles: list[str] = [str(t) for t in settings.runtime.tiles] or ["*"]
+        for name in tiles:
+            pattern = layout.join(work, "tiles", name, "subtiles", "*", layout.MANIFEST_NAME)
+            urls.extend(sorted(storage.glob(pattern)))
+        if not urls:
+            fail(f"no prepared sub-tiles under {work}: run 'constellation prepare' first")
     try:
         backend = get_backend(settings, backend_name)
     except BackendError as exc:
