@@ -110,8 +110,7 @@ def tile_manifests(payload: str, tiles: list[int]) -> list[str]:
     work = settings.runtime.storage.work_uri
     urls: list[str] = []
     for tid in tiles:
-        pattern = layout.join(layout.tile_dir(work, tid), "subtiles", "*", layout.MANIFEST_NAME)
-        urls.extend(sorted(storage.glob(pattern)))
+        urls.extend(sorted(storage.glob(layout.manifest_pattern(work, tid))))
     return urls
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from constellation.manifest import layout
+from constellation.io.registry import read_work_registry
 from flows.common import load_settings, settings_from_json, settings_json, storage_for
 
 __all__ = ["prepare_tile_task", "prepare_tiles", "run_prepare"]
@@ -25,26 +24,13 @@ def prepare_tile_task(item_json: str) -> dict[str, Any]:
     return run_one(item, Storage()).model_dump()
 
 
-def _registry(payload: str) -> Any:
-    import pyarrow.parquet as pq
-
-    from constellation.sky.registry import TileRegistry
-
-    settings = settings_from_json(payload)
-    url = layout.registry_url(settings.runtime.storage.work_uri)
-    storage = storage_for(payload)
-    if not storage.exists(url):
-        raise FileNotFoundError(f"no tile registry at {url}: run the index flow first")
-    return TileRegistry.from_arrow(pq.read_table(io.BytesIO(storage.read_bytes(url))))
-
-
 def run_prepare(payload: str, tiles: list[int] | None) -> dict[str, Any]:
     """Submit one prepare task per tile and gather the results (inside a flow)."""
     from constellation.stages.prepare import plan
 
     log = get_run_logger()
     settings = settings_from_json(payload)
-    registry = _registry(payload)
+    registry = read_work_registry(storage_for(payload), settings.runtime.storage.work_uri)
     chosen = tiles or settings.runtime.tiles or [int(t) for t in registry.tile_id]
     items = plan(settings, registry, chosen)
     futures = [prepare_tile_task.submit(item.model_dump_json()) for item in items]

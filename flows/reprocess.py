@@ -14,12 +14,12 @@ nothing changed does no inference and commits nothing.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from constellation.io.registry import read_work_registry
 from constellation.manifest import layout
 from constellation.stages import changes
 from flows.assemble import assemble_task, validate_task
@@ -34,16 +34,11 @@ __all__ = ["reprocess_field", "save_state"]
 def save_state(settings: Any, payload: str, tiles: list[int]) -> None:
     """Record the catalog fingerprints of ``tiles`` and their neighbours (the baseline
     the next reprocessing run compares against)."""
-    import pyarrow.parquet as pq
-
-    from constellation.sky.registry import TileRegistry
     from constellation.stages.prepare import plan
 
     storage = storage_for(payload)
     work = settings.runtime.storage.work_uri
-    registry = TileRegistry.from_arrow(
-        pq.read_table(io.BytesIO(storage.read_bytes(layout.registry_url(work))))
-    )
+    registry = read_work_registry(storage, work)
     items = plan(settings, registry, tiles)
     wanted = sorted(set(tiles) | {n for it in items for n in it.neighbours})
     now = changes.catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
@@ -63,9 +58,6 @@ def reprocess_field(
     config: str | None = None, tiles: list[int] | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
     """Redo the tiles of the field (``tiles``, else ``runtime.tiles``, else all) that changed."""
-    import pyarrow.parquet as pq
-
-    from constellation.sky.registry import TileRegistry
     from constellation.stages.prepare import plan
 
     log = get_run_logger()
@@ -77,9 +69,7 @@ def reprocess_field(
 
     known = resolve_registry_task(payload, tiles)
     field = sorted(set(tiles or settings.runtime.tiles or known))
-    registry = TileRegistry.from_arrow(
-        pq.read_table(io.BytesIO(storage.read_bytes(layout.registry_url(work))))
-    ).subset(field)
+    registry = read_work_registry(storage, work).subset(field)
 
     index_url = layout.quadrant_index_url(work)
     before = changes.read_index_keys(storage, index_url)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state
+from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state, tile_manifests
 
 __all__ = ["infer", "new_run_id"]
 
@@ -66,25 +66,13 @@ def infer(
     storage = storage_from_config(settings.runtime.storage)
     urls = list(manifest_url or [])
     if tile:
-        grid = settings.science.tiling.grid()
-        work = settings.runtime.storage.work_uri
-        for tid in sorted(set(tile)):
-            found = [
-                layout.manifest_url(work, tid, r, c)
-                for r in range(grid.n_rows)
-                for c in range(grid.n_cols)
-            ]
-            found = [u for u in found if storage.exists(u)]
-            if not found:
-                fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
-            urls.extend(found)
+        urls.extend(tile_manifests(settings, storage, tile))
     if not urls and not tile:
         # default: runtime.tiles, else every prepared sub-tile under the work root
         work = settings.runtime.storage.work_uri
         tiles: list[str] = [str(t) for t in settings.runtime.tiles] or ["*"]
         for name in tiles:
-            pattern = layout.join(work, "tiles", name, "subtiles", "*", layout.MANIFEST_NAME)
-            urls.extend(sorted(storage.glob(pattern)))
+            urls.extend(sorted(storage.glob(layout.manifest_pattern(work, name))))
         if not urls:
             fail(f"no prepared sub-tiles under {work}: run 'constellation prepare' first")
     try:

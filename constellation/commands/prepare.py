@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,15 +24,12 @@ TileOption = Annotated[
 
 
 def _registry(storage: Storage, settings: Settings) -> TileRegistry:
-    import pyarrow.parquet as pq
+    from constellation.io.registry import read_work_registry
 
-    from constellation.manifest import layout
-    from constellation.sky.registry import TileRegistry
-
-    url = layout.registry_url(settings.runtime.storage.work_uri)
-    if not storage.exists(url):
-        fail(f"no tile registry at {url}: run 'constellation tiles resolve' first")
-    return TileRegistry.from_arrow(pq.read_table(io.BytesIO(storage.read_bytes(url))))
+    try:
+        return read_work_registry(storage, settings.runtime.storage.work_uri)
+    except FileNotFoundError as exc:
+        fail(str(exc))
 
 
 def _tile_ids(tiles: list[int] | None, settings: Settings, registry: TileRegistry) -> list[int]:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from constellation.commands._common import fail, get_state
+from constellation.commands._common import fail, get_state, tile_manifests
 
 
 def stage(
@@ -30,25 +30,13 @@ def stage(
     """Copy each sub-tile's needed extensions, source table and manifest into a folder
     (ranged reads only; idempotent)."""
     from constellation.io.storage import storage_from_config
-    from constellation.manifest import layout
     from constellation.stages.stage import stage_subtile
 
     settings = get_state(ctx).settings
     storage = storage_from_config(settings.runtime.storage)
     urls = list(manifest_url or [])
     if tile:
-        grid = settings.science.tiling.grid()
-        work = settings.runtime.storage.work_uri
-        for tid in sorted(set(tile)):
-            found = [
-                layout.manifest_url(work, tid, r, c)
-                for r in range(grid.n_rows)
-                for c in range(grid.n_cols)
-            ]
-            found = [u for u in found if storage.exists(u)]
-            if not found:
-                fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
-            urls.extend(found)
+        urls.extend(tile_manifests(settings, storage, tile))
     if not urls:
         fail("give manifest URLs or --tile")
     t0 = time.perf_counter()

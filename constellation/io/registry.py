@@ -38,6 +38,7 @@ __all__ = [
     "mosaic_geometry",
     "mosaic_timestamp",
     "read_registry",
+    "read_work_registry",
     "resolve_registry",
     "resolve_tile",
     "vis_mosaic_dir",
@@ -91,6 +92,29 @@ def read_registry(path: str | Path) -> TileRegistry:
         return TileRegistry.from_arrow(table)
     except RegistryError as exc:
         raise RegistryError(f"{p}: {exc}") from exc
+
+
+def read_work_registry(storage: Storage, work_uri: str) -> TileRegistry:
+    """The registry cached under a work root (``{work_uri}/registry.parquet``), read
+    through ``storage``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When there is none yet (run ``constellation tiles resolve`` or the index flow).
+    """
+    import io
+
+    import pyarrow.parquet as pq
+
+    from constellation.manifest.layout import registry_url
+
+    url = registry_url(work_uri)
+    if not storage.exists(url):
+        raise FileNotFoundError(
+            f"no tile registry at {url}: run 'constellation tiles resolve' (or the index flow)"
+        )
+    return TileRegistry.from_arrow(pq.read_table(io.BytesIO(storage.read_bytes(url))))
 
 
 def write_registry(registry: TileRegistry, path: str | Path) -> Path:

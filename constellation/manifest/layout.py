@@ -24,6 +24,7 @@ __all__ = [
     "SOURCES_NAME",
     "done_url",
     "join",
+    "manifest_pattern",
     "manifest_url",
     "quadrant_index_url",
     "registry_url",
@@ -79,6 +80,11 @@ def subtile_dir(work_uri: str, tile_id: int, row: int, col: int) -> str:
 def manifest_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
     """The sub-tile manifest (YAML)."""
     return join(subtile_dir(work_uri, tile_id, row, col), MANIFEST_NAME)
+
+
+def manifest_pattern(work_uri: str, tile_id: int | str = "*") -> str:
+    """Glob pattern of the prepared manifests of one tile (``"*"``: of every tile)."""
+    return join(work_uri, "tiles", str(tile_id), "subtiles", "*", MANIFEST_NAME)
 
 
 def sources_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
