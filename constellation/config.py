@@ -334,6 +334,39 @@ class StorageConfig(_Section):
         default=None,
         description="Custom S3 endpoint URL (e.g. a local S3 server); null for the AWS default.",
     )
+    max_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description=(
+            "Attempts per storage operation, the first included: transient failures (dropped "
+            "connections, timeouts, S3 5xx, throttling) are retried with exponential backoff."
+        ),
+    )
+    base_delay_s: float = Field(
+        default=0.25,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Backoff before the first storage retry, s; doubled for each further retry.",
+    )
+    max_delay_s: float = Field(
+        default=8.0,
+        ge=0.0,
+        allow_inf_nan=False,
+        description="Upper bound of one storage backoff, s.",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Object stores: seconds to wait for a connection before retrying.",
+    )
+    read_timeout_s: float = Field(
+        default=60.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="Object stores: seconds without an answer before a request is retried.",
+    )
 
 
 class CatalogConfig(_Section):

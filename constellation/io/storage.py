@@ -321,6 +321,9 @@ class Storage:
         ``max_delay_s``) and a random factor in [0.5, 1] spreads concurrent clients.
     max_delay_s
         Upper bound of one backoff.
+    connect_timeout_s, read_timeout_s
+        Object stores: seconds to wait for a connection, and for an answer, before the
+        attempt fails as transient (then it is retried like any other).
     sleep
         Function used to wait between attempts (tests pass a recorder).
 
@@ -341,18 +344,24 @@ class Storage:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         base_delay_s: float = DEFAULT_BASE_DELAY_S,
         max_delay_s: float = 8.0,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         if base_delay_s < 0 or max_delay_s < 0:
             raise ValueError("base_delay_s and max_delay_s must be >= 0")
+        if connect_timeout_s <= 0 or read_timeout_s <= 0:
+            raise ValueError("connect_timeout_s and read_timeout_s must be > 0")
         self.anon = anon
         self.endpoint_url = endpoint_url
         self.client_kwargs: dict[str, Any] = dict(client_kwargs or {})
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
         self.stats = StorageStats()
         self._sleep = sleep
         self._random = random.Random()
@@ -373,8 +382,8 @@ class Storage:
             # Retries are ours (see the module notes): botocore's are switched off.
             "config_kwargs": {
                 "retries": {"total_max_attempts": 1},
-                "connect_timeout": 10,
-                "read_timeout": 60,
+                "connect_timeout": self.connect_timeout_s,
+                "read_timeout": self.read_timeout_s,
             },
         }
         if self.endpoint_url:
@@ -691,15 +700,19 @@ def storage_from_config(
     cfg: StorageConfig,
     *,
     client_kwargs: Mapping[str, Any] | None = None,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    base_delay_s: float = DEFAULT_BASE_DELAY_S,
+    max_attempts: int | None = None,
+    base_delay_s: float | None = None,
 ) -> Storage:
-    """A :class:`Storage` with the access settings (``anon``, ``endpoint_url``) of the
-    runtime storage configuration."""
+    """A :class:`Storage` with the access (``anon``, ``endpoint_url``), retry and timeout
+    settings of the runtime storage configuration; ``max_attempts`` and ``base_delay_s``,
+    when given, override the configured ones."""
     return Storage(
         anon=cfg.anon,
         endpoint_url=cfg.endpoint_url,
         client_kwargs=client_kwargs,
-        max_attempts=max_attempts,
-        base_delay_s=base_delay_s,
+        max_attempts=cfg.max_attempts if max_attempts is None else max_attempts,
+        base_delay_s=cfg.base_delay_s if base_delay_s is None else base_delay_s,
+        max_delay_s=cfg.max_delay_s,
+        connect_timeout_s=cfg.connect_timeout_s,
+        read_timeout_s=cfg.read_timeout_s,
     )
