@@ -1,5 +1,6 @@
 """Shared test set-up: no telemetry, no CONSTELLATION_* settings leaking in from the shell,
-the local S3 server fixtures of :mod:`tests.fixtures.s3` and the simulated fields of
+the local S3 server fixtures of :mod:`tests.fixtures.s3`, Prefect and Ray
+(:mod:`tests.fixtures.orchestration`) and the simulated fields of
 :mod:`tests.fixtures.fields`."""
 
 from __future__ import annotations
@@ -12,6 +13,11 @@ from tests.fixtures.fields import (  # noqa: F401  (fixtures)
     light_field,
     prepared_field,
     s3_light_field,
+)
+from tests.fixtures.orchestration import (  # noqa: F401  (fixtures)
+    local_ray,
+    prefect_api,
+    ray_tmpdir,
 )
 from tests.fixtures.s3 import (  # noqa: F401  (fixtures, used by name)
     anon_s3_storage,

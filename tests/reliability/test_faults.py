@@ -12,17 +12,34 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import yaml
 
-from constellation.config import RuntimeConfig, ScienceConfig, Settings, StorageConfig
+from constellation.config import (
+    RuntimeConfig,
+    ScienceConfig,
+    Settings,
+    StorageConfig,
+    load_config,
+)
+from constellation.io.registry import read_work_registry
 from constellation.io.storage import Storage, StorageError, storage_from_config
 from constellation.manifest import layout
 from constellation.simulate.run import FieldSummary
 from tests.fixtures.faultproxy import FaultProxy
+from tests.fixtures.fields import PreparedField
+from tests.flows.conftest import write_config
 
 # --------------------------------------------------------------------------- S3 faults
 
@@ -157,3 +174,192 @@ def _table_bytes(table: pa.Table) -> bytes:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
+
+
+# --------------------------------------------------------------------------- Ray and pipeline
+
+
+def _prepare_copy(field: PreparedField, base: Path, tiles: list[int], **mock: object) -> Path:
+    """A private work tree for ``tiles`` of the shared field, prepared with the mock
+    settings ``mock`` (e.g. ``sleep_s``); returns a config file for it."""
+    from constellation.io.storage import Storage
+    from constellation.stages.prepare import plan, run_one
+
+    work = field.copy_work(base / "work")
+    science = {"backend": {"name": "mock", "mock": mock}}
+    config = write_config(base / "config.yaml", field.root, work)
+    doc = yaml.safe_load(config.read_text())
+    doc["science"] = science
+    config.write_text(yaml.safe_dump(doc))
+    settings = load_config(config)
+    registry = read_work_registry(Storage(), str(work))
+    for item in plan(settings, registry, tiles):
+        run_one(item, Storage())
+    return config
+
+
+def _worker_pids(task_name: str) -> list[int]:
+    """Ray worker processes running a task named ``task_name`` now (Ray titles a worker
+    ``ray::<task name>`` while it runs one)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if cmdline.startswith(f"ray::{task_name}".encode()):
+            pids.append(int(entry))
+    return pids
+
+
+class _WorkerKiller(threading.Thread):
+    """Kills ``n`` Ray workers while they run a sub-tile (SIGKILL), one at a time."""
+
+    def __init__(self, n: int, task_name: str = "infer-subtile") -> None:
+        super().__init__(daemon=True)
+        self.n = n
+        self.task_name = task_name
+        self.killed: list[int] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while len(self.killed) < self.n and not self.done.wait(0.05):
+            pids = [p for p in _worker_pids(self.task_name) if p not in self.killed]
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                self.killed.append(pids[0])
+                time.sleep(0.3)
+
+
+def _result_files(work: Path, tile: int) -> list[Path]:
+    return sorted((work / "tiles" / str(tile) / "subtiles").rglob("*"))
+
+
+def _catalog_counts(config: Path) -> tuple[int, int, int, int]:
+    """(sub-tile rows, distinct sub-tile keys, source rows, distinct object ids)."""
+    import pyarrow.compute as pc
+
+    from constellation.catalog.iceberg import KEY_COLUMN, SOURCES, SUBTILES, open_catalog
+
+    cat = open_catalog(load_config(config))
+    sub = cat.read(SUBTILES, [KEY_COLUMN])
+    src = cat.read(SOURCES, ["object_id"])
+    return (
+        sub.num_rows,
+        pc.count_distinct(sub.column(KEY_COLUMN)).as_py(),
+        src.num_rows,
+        pc.count_distinct(src.column("object_id")).as_py(),
+    )
+
+
+def test_a_killed_ray_worker_is_retried_and_the_result_written_once(
+    local_ray: None, prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    from constellation.catalog.assemble import assemble
+    from constellation.inference import clear_backends
+    from constellation.results.store import read_marker
+    from flows.infer import infer_subtiles
+
+    clear_backends()
+    tile = prepared_field.tile_ids[0]
+    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.5)
+    work = tmp_path / "work"
+    killer = _WorkerKiller(n=2)
+    killer.start()
+    try:
+        out = infer_subtiles(config=str(config), tiles=[tile], run_id="killed")
+    finally:
+        killer.done.set()
+        killer.join(timeout=10)
+    assert len(killer.killed) == 2  # two sub-tiles lost their worker mid-run
+    for pid in killer.killed:
+        assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
+    assert out["counts"] == {"ok": 16}  # Ray ran them again
+    files = _result_files(work, tile)
+    names = [p.name for p in files if p.is_file()]
+    assert names.count("result.parquet") == 16
+    assert names.count("_RESULT.json") == 16
+    assert not [n for n in names if n.endswith(".tmp")]  # no half-written file left
+    storage = Storage()
+    markers = [
+        read_marker(storage, str(p)) for p in files if p.is_dir() and p.name.startswith("r")
+    ]
+    assert all(m is not None and m.run_id == "killed" and m.status == "ok" for m in markers)
+    report = assemble(load_config(config), tiles=[tile])
+    n_sources = sum(m.n_sources for m in markers if m is not None)
+    assert report.subtiles_committed == 16
+    assert _catalog_counts(config) == (16, 16, n_sources, n_sources)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _markers(work: Path, tile: int) -> dict[str, tuple[str, int]]:
+    """Sub-tile folder -> (run id, modification time in ns) of its result marker."""
+    out = {}
+    for p in sorted((work / "tiles" / str(tile) / "subtiles").glob("*/_RESULT.json")):
+        out[p.parent.name] = (json.loads(p.read_text())["run_id"], p.stat().st_mtime_ns)
+    return out
+
+
+def test_a_killed_pipeline_resumes_without_redoing_or_duplicating(
+    local_ray: None, prefect_api: str, prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    import ray
+
+    from constellation.inference import clear_backends
+    from flows.pipeline import pipeline
+
+    clear_backends()
+    tile = prepared_field.tile_ids[1]
+    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.5)
+    work = tmp_path / "work"
+    # the killed run is a separate driver process joining this test's Ray cluster
+    doc = yaml.safe_load(config.read_text())
+    doc["runtime"]["ray"]["address"] = ray.get_runtime_context().gcs_address
+    config.write_text(yaml.safe_dump(doc))
+    exe = Path(sys.executable).with_name("constellation")
+    cmd = [str(exe), "--config", str(config), "run", "--tile", str(tile), "--run-id", "first",
+           "--no-report"]  # fmt: skip
+    env = dict(os.environ, PREFECT_API_URL=prefect_api, DO_NOT_TRACK="1")
+    log = (tmp_path / "first.log").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while len(_markers(work, tile)) < 4:  # some sub-tiles are finished: kill it
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the first run never finished 4 sub-tiles"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    before = _markers(work, tile)
+    assert 4 <= len(before) < 16
+    assert {run for run, _ in before.values()} == {"first"}
+
+    # the operator reruns the same pipeline
+    out = pipeline(config=str(config), tiles=[tile], run_id="second", report=False)
+    after = _markers(work, tile)
+    assert len(after) == 16
+    for name, (run, mtime) in before.items():  # what was finished is not redone
+        assert after[name] == (run, mtime), name
+    counts = out["infer"]["counts"]
+    assert counts.get("done", 0) >= len(before)
+    assert counts.get("done", 0) + counts.get("ok", 0) == 16
+    assert out["validate"]["ok"], out["validate"]["summary"]
+    n_sources = sum(
+        json.loads(p.read_text())["n_sources"]
+        for p in (work / "tiles" / str(tile) / "subtiles").glob("*/_RESULT.json")
+    )
+    assert _catalog_counts(config) == (16, 16, n_sources, n_sources)
