@@ -363,3 +363,67 @@ def test_a_killed_pipeline_resumes_without_redoing_or_duplicating(
         for p in (work / "tiles" / str(tile) / "subtiles").glob("*/_RESULT.json")
     )
     assert _catalog_counts(config) == (16, 16, n_sources, n_sources)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+class _Crash(Exception):
+    """The assembler process 'dies' here."""
+
+
+def _data_files(root: Path) -> set[Path]:
+    return {p for p in (root / "work" / "catalog" / "warehouse").rglob("*.parquet")}
+
+
+@pytest.mark.parametrize("crash_table", ["sources", "subtiles"])
+def test_an_interrupted_assembly_commits_nothing_partial_and_the_rerun_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_table: str
+) -> None:
+    """The commit of one table's transaction fails after the batch's data files (and
+    Iceberg manifests) are written: that table shows none of the batch; the rerun
+    commits every row exactly once. Crashing at ``subtiles`` leaves the batch's
+    ``sources`` committed without their sub-tile rows: validation reports them as
+    orphans until the rerun replaces them (nothing is duplicated)."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    from constellation.catalog.assemble import assemble
+    from constellation.catalog.validate import validate
+    from tests.catalog.conftest import make_field
+
+    field = make_field(tmp_path, n_tiles=3)
+    markers = field.write(n_sources=5)
+    first_tile = field.tiles[0].tile_id
+    assemble(field.settings, tiles=[first_tile], batch_size=8, workers=2)  # some history
+    before = _catalog_counts(field.config_path)
+    assert before == (16, 16, 80, 80)
+    files_before = _data_files(tmp_path)
+
+    original = SqlCatalog.commit_table
+
+    def crashing(self: SqlCatalog, table: object, requirements: object, updates: object) -> object:
+        if table.name()[-1] == crash_table:  # type: ignore[attr-defined]
+            raise _Crash(f"killed while committing {crash_table}")
+        return original(self, table, requirements, updates)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqlCatalog, "commit_table", crashing)
+    with pytest.raises(_Crash):
+        assemble(field.settings, batch_size=8, workers=2)
+    monkeypatch.undo()
+
+    orphans = _data_files(tmp_path) - files_before
+    assert orphans  # the batch's data files were written; nothing references them
+    sub, sub_keys, src, src_ids = _catalog_counts(field.config_path)
+    assert (sub, sub_keys) == (16, 16)  # no sub-tile row of the interrupted batch
+    if crash_table == "sources":
+        assert (src, src_ids) == (80, 80)
+    else:  # the sources commit went through: one whole batch (8 sub-tiles), flagged
+        assert (src, src_ids) == (80 + 8 * 5, 80 + 8 * 5)
+        report = validate(field.settings)
+        assert report.orphan_sources == 8 * 5
+
+    again = assemble(field.settings, batch_size=8, workers=2)
+    assert again.subtiles_committed == 32
+    n = len(markers)
+    assert _catalog_counts(field.config_path) == (n, n, 5 * n, 5 * n)
+    assert validate(field.settings).ok
