@@ -15,13 +15,13 @@ __all__ = ["prepare_tile_task", "prepare_tiles", "run_prepare"]
 
 
 @task(name="prepare-tile", cache_policy=NO_CACHE, persist_result=False, retries=1)
-def prepare_tile_task(item_json: str) -> dict[str, Any]:
-    """Prepare one tile (see :func:`constellation.stages.prepare.run_one`)."""
-    from constellation.io.storage import Storage
+def prepare_tile_task(payload: str, item_json: str) -> dict[str, Any]:
+    """Prepare one tile (see :func:`constellation.stages.prepare.run_one`), through the
+    configured storage (endpoint, credentials mode, retries)."""
     from constellation.stages.prepare import PrepareItem, run_one
 
     item = PrepareItem.model_validate_json(item_json)
-    return run_one(item, Storage()).model_dump()
+    return run_one(item, storage_for(payload)).model_dump()
 
 
 def run_prepare(payload: str, tiles: list[int] | None) -> dict[str, Any]:
@@ -33,7 +33,7 @@ def run_prepare(payload: str, tiles: list[int] | None) -> dict[str, Any]:
     registry = read_work_registry(storage_for(payload), settings.runtime.storage.work_uri)
     chosen = tiles or settings.runtime.tiles or [int(t) for t in registry.tile_id]
     items = plan(settings, registry, chosen)
-    futures = [prepare_tile_task.submit(item.model_dump_json()) for item in items]
+    futures = [prepare_tile_task.submit(payload, item.model_dump_json()) for item in items]
     results = [f.result() for f in futures]
     written = [r["tile_id"] for r in results if r["written"]]
     log.info(

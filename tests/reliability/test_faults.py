@@ -72,8 +72,10 @@ def _discover_prepare_stage(settings: Settings, storage: Storage) -> dict[str, b
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.registry import resolve_registry, write_registry
     from constellation.manifest.subtile import parse_manifest
-    from constellation.stages.prepare import plan, run_one
+    from constellation.stages.prepare import plan
     from constellation.stages.stage import stage_subtile
+    from flows.common import settings_json
+    from flows.prepare import prepare_tile_task
 
     data = settings.runtime.storage.data_uri
     work = Path(settings.runtime.storage.work_uri)
@@ -82,8 +84,10 @@ def _discover_prepare_stage(settings: Settings, storage: Storage) -> dict[str, b
     observations = list_observations(storage, f"{data}/q1/VIS")
     subset = replace(observations, exposures=observations.exposures[:1])
     build_quadrant_index(storage, subset, layout.quadrant_index_url(str(work)), workers=2)
+    # prepare as the flow's task does it: with the storage the settings describe
+    payload = settings_json(settings)
     for item in plan(settings, registry):
-        run_one(item, storage)
+        prepare_tile_task.fn(payload, item.model_dump_json())
     # stage the first sub-tile that the exposure covers
     manifests = sorted(work.glob("tiles/*/subtiles/*/manifest.yaml"))
     covered = next(m for m in manifests if parse_manifest(m.read_bytes()).exposures)
@@ -102,6 +106,8 @@ def _digest(files: dict[str, bytes]) -> dict[str, str]:
 def test_transient_s3_faults_are_retried_and_the_outputs_are_exact(
     s3_light_field: tuple[str, FieldSummary], proxy: FaultProxy, tmp_path: Path
 ) -> None:
+    from flows.common import settings_json, storage_for
+
     root, _ = s3_light_field
     # the same discovery, prepare and staging without faults, then with them
     clean = _settings(root, tmp_path / "clean", proxy.url, **_FAST_RETRIES)
@@ -128,7 +134,8 @@ def test_transient_s3_faults_are_retried_and_the_outputs_are_exact(
     assert any(k.startswith("staged/exposures/") for k in got)
     assert set(proxy.injected) == {"503", "stall", "truncate"}
     # every fault cost exactly one retry of the storage layer, nothing more
-    assert storage.stats.retries == proxy.total_injected >= 6
+    retries = storage.stats.retries + storage_for(settings_json(faulty)).stats.retries
+    assert retries == proxy.total_injected >= 6
 
 
 def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
@@ -284,9 +291,7 @@ def test_a_killed_ray_worker_is_retried_and_the_result_written_once(
     assert names.count("_RESULT.json") == 16
     assert not [n for n in names if n.endswith(".tmp")]  # no half-written file left
     storage = Storage()
-    markers = [
-        read_marker(storage, str(p)) for p in files if p.is_dir() and p.name.startswith("r")
-    ]
+    markers = [read_marker(storage, str(p)) for p in files if p.is_dir() and p.name.startswith("r")]
     assert all(m is not None and m.run_id == "killed" and m.status == "ok" for m in markers)
     report = assemble(load_config(config), tiles=[tile])
     n_sources = sum(m.n_sources for m in markers if m is not None)
@@ -427,3 +432,58 @@ def test_an_interrupted_assembly_commits_nothing_partial_and_the_rerun_completes
     n = len(markers)
     assert _catalog_counts(field.config_path) == (n, n, 5 * n, 5 * n)
     assert validate(field.settings).ok
+
+
+_ASSEMBLER = """
+import sys, time
+from pathlib import Path
+from constellation.catalog.assemble import assemble
+from constellation.config import load_config
+settings = load_config(sys.argv[1])
+Path(sys.argv[2]).touch()  # ready
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+r = assemble(settings, batch_size=4, workers=1)
+print(r.subtiles_committed, r.skipped_unchanged, r.conflicts)
+"""
+
+
+def test_two_assembler_processes_at_once_commit_every_row_once(tmp_path: Path) -> None:
+    """Two assembler processes started together on the same SQLite catalog (the thread
+    version, with overlapping tile sets: tests/catalog/test_concurrency.py)."""
+    from constellation.catalog.iceberg import SOURCES, SUBTILES
+    from tests.catalog.conftest import make_field
+
+    field = make_field(tmp_path, n_tiles=1)
+    markers = field.write(n_sources=5)
+    field.catalog().table(SOURCES)  # the tables exist before the race
+    field.catalog().table(SUBTILES)
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _ASSEMBLER,
+                str(field.config_path),
+                str(tmp_path / f"r{i}"),
+                str(go),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for i in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"r{i}").exists() for i in range(2)):
+        assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    go.touch()
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    n = len(markers)
+    committed = [int(out.split()[-3]) for out in outputs]
+    assert sum(committed) >= n  # both worked on the same sub-tiles
+    assert _catalog_counts(field.config_path) == (n, n, 5 * n, 5 * n)
