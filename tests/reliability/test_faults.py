@@ -163,7 +163,8 @@ def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
         run_one(item, storage)
     message = str(excinfo.value)
     assert "\n" not in message
-    assert info.url in message and "after 3 attempts" in message
+    assert info.url in message
+    assert "after 3 attempts" in message
     assert proxy.requests_for(key) == 3  # bounded: max_attempts, then reported
     work = tmp_path / "work"
     assert not work.exists() or not [p for p in work.rglob("*") if p.is_file()]
@@ -373,7 +374,7 @@ def test_a_killed_pipeline_resumes_without_redoing_or_duplicating(
 # --------------------------------------------------------------------------- assembly
 
 
-class _Crash(Exception):
+class _CrashError(Exception):
     """The assembler process 'dies' here."""
 
 
@@ -408,11 +409,11 @@ def test_an_interrupted_assembly_commits_nothing_partial_and_the_rerun_completes
 
     def crashing(self: SqlCatalog, table: object, requirements: object, updates: object) -> object:
         if table.name()[-1] == crash_table:  # type: ignore[attr-defined]
-            raise _Crash(f"killed while committing {crash_table}")
+            raise _CrashError(f"killed while committing {crash_table}")
         return original(self, table, requirements, updates)  # type: ignore[arg-type]
 
     monkeypatch.setattr(SqlCatalog, "commit_table", crashing)
-    with pytest.raises(_Crash):
+    with pytest.raises(_CrashError):
         assemble(field.settings, batch_size=8, workers=2)
     monkeypatch.undo()
 
@@ -459,20 +460,14 @@ def test_two_assembler_processes_at_once_commit_every_row_once(tmp_path: Path) -
     field.catalog().table(SOURCES)  # the tables exist before the race
     field.catalog().table(SUBTILES)
     go = tmp_path / "go"
+    args = [sys.executable, "-c", _ASSEMBLER, str(field.config_path)]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _ASSEMBLER,
-                str(field.config_path),
-                str(tmp_path / f"r{i}"),
-                str(go),
-            ],
+            [*args, str(tmp_path / f"r{i}"), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-        )  # fmt: skip
+        )
         for i in range(2)
     ]
     deadline = time.monotonic() + 120
