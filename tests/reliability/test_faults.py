@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from constellation.io.registry import read_work_registry
 from constellation.io.storage import Storage, StorageError, storage_from_config
 from constellation.manifest import layout
 from constellation.simulate.run import FieldSummary
-from tests.fixtures.faultproxy import FaultProxy
+from tests.fixtures.faults import FaultProxy, WorkerKiller
 from tests.fixtures.fields import PreparedField
 from tests.flows.conftest import write_config
 
@@ -206,42 +205,6 @@ def _prepare_copy(field: PreparedField, base: Path, tiles: list[int], **mock: ob
     return config
 
 
-def _worker_pids(task_name: str) -> list[int]:
-    """Ray worker processes running a task named ``task_name`` now (Ray titles a worker
-    ``ray::<task name>`` while it runs one)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if cmdline.startswith(f"ray::{task_name}".encode()):
-            pids.append(int(entry))
-    return pids
-
-
-class _WorkerKiller(threading.Thread):
-    """Kills ``n`` Ray workers while they run a sub-tile (SIGKILL), one at a time."""
-
-    def __init__(self, n: int, task_name: str = "infer-subtile") -> None:
-        super().__init__(daemon=True)
-        self.n = n
-        self.task_name = task_name
-        self.killed: list[int] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while len(self.killed) < self.n and not self.done.wait(0.05):
-            pids = [p for p in _worker_pids(self.task_name) if p not in self.killed]
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                self.killed.append(pids[0])
-                time.sleep(0.3)
-
-
 def _result_files(work: Path, tile: int) -> list[Path]:
     return sorted((work / "tiles" / str(tile) / "subtiles").rglob("*"))
 
@@ -273,17 +236,16 @@ def test_a_killed_ray_worker_is_retried_and_the_result_written_once(
 
     clear_backends()
     tile = prepared_field.tile_ids[0]
-    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.5)
+    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.3)
     work = tmp_path / "work"
-    killer = _WorkerKiller(n=2)
+    killer = WorkerKiller(n=1)
     killer.start()
     try:
         out = infer_subtiles(config=str(config), tiles=[tile], run_id="killed")
     finally:
-        killer.done.set()
-        killer.join(timeout=10)
-    assert len(killer.killed) == 2  # two sub-tiles lost their worker mid-run
-    for pid in killer.killed:
+        killed = killer.stop()
+    assert len(killed) == 1  # a sub-tile lost its worker mid-run
+    for pid in killed:
         assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
     assert out["counts"] == {"ok": 16}  # Ray ran them again
     files = _result_files(work, tile)
@@ -326,7 +288,7 @@ def test_a_killed_pipeline_resumes_without_redoing_or_duplicating(
 
     clear_backends()
     tile = prepared_field.tile_ids[1]
-    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.5)
+    config = _prepare_copy(prepared_field, tmp_path, [tile], sleep_s=0.3)
     work = tmp_path / "work"
     # the killed run is a separate driver process joining this test's Ray cluster
     doc = yaml.safe_load(config.read_text())
