@@ -11,7 +11,7 @@ What it does:
    server (moto on 127.0.0.1).
 2. Puts a fault-injecting proxy (``tests/fixtures/faults.py``) between the pipeline
    and that server: each request to the input data is answered, at random
-   (``--s3-fault-rate`` in all), ``503 SlowDown``, ``500 InternalError``, a stall
+   (``--s3-fault-rate`` of the requests), ``503 SlowDown``, ``500 InternalError``, a stall
    past the client's read timeout or a truncated body.
 3. Starts a temporary Prefect server and a local Ray (2 fake GPUs) and runs the
    pipeline (``constellation run``) as separate driver processes joining that Ray,
@@ -313,7 +313,7 @@ def main() -> int:
     parser.add_argument("--grid", type=int, default=16, help="sub-tiles per tile side")
     parser.add_argument("--density", type=float, default=5.0, help="sources per arcmin²")
     parser.add_argument("--fail-rate", type=float, default=0.01, help="mock fail_rate")
-    parser.add_argument("--s3-fault-rate", type=float, default=0.02, help="faults per request")
+    parser.add_argument("--s3-fault-rate", type=float, default=0.05, help="faults per request")
     parser.add_argument("--worker-kills", type=int, default=12, help="Ray workers to kill")
     parser.add_argument("--kill-at", type=float, default=0.3, help="kill run 1 at this fraction")
     parser.add_argument("--sleep-s", type=float, default=0.02, help="mock time per sub-tile")
@@ -379,6 +379,7 @@ def main() -> int:
             )  # fmt: skip
             figures["run_b_s"] = secs
             figures["faults_assembly_kill"] = int(code is None)
+            figures["rows_visible_after_assembly_kill"] = _visible_rows(settings)
 
             # c. the operator reruns the same command
             code, secs = run_driver(config, "soak-c", base / "run-c.log", api)
@@ -413,7 +414,7 @@ def main() -> int:
     order = [
         "soak_subtiles", "faults_injected", "faults_app", "faults_worker_kill", "faults_s3",
         *[f"faults_s3_{k}" for k in sorted(rates)], "faults_pipeline_kill",
-        "faults_assembly_kill", "subtiles_ok", "subtiles_failed", "subtiles_failed_expected",
+        "faults_assembly_kill", "rows_visible_after_assembly_kill", "subtiles_ok", "subtiles_failed", "subtiles_failed_expected",
         "subtiles_without_result", "rows_expected", "rows_catalog", "rows_lost",
         "rows_duplicated", "subtiles_missing", "subtiles_duplicated", "subtiles_unexpected",
         "s3_requests", "setup_s", "run_a_s", "run_b_s", "run_c_s", "run_c_exit", "wall_s",
@@ -436,6 +437,16 @@ def main() -> int:
     if args.out is None:
         tmp.cleanup()
     return 0 if ok else 1
+
+
+def _visible_rows(settings: Any) -> str:
+    """``subtiles/sources`` rows a reader sees now (``-`` for a table not created yet)."""
+    from constellation.catalog.iceberg import SOURCES, SUBTILES, open_catalog
+
+    catalog = open_catalog(settings)
+    return "/".join(
+        str(catalog.count(name)) if catalog.exists(name) else "-" for name in (SUBTILES, SOURCES)
+    )
 
 
 def _tile_ids(data: Path) -> list[int]:
