@@ -414,7 +414,8 @@ def main() -> int:
     order = [
         "soak_subtiles", "faults_injected", "faults_app", "faults_worker_kill", "faults_s3",
         *[f"faults_s3_{k}" for k in sorted(rates)], "faults_pipeline_kill",
-        "faults_assembly_kill", "rows_visible_after_assembly_kill", "subtiles_ok", "subtiles_failed", "subtiles_failed_expected",
+        "faults_assembly_kill", "rows_visible_after_assembly_kill", "subtiles_ok",
+        "subtiles_failed", "subtiles_failed_expected",
         "subtiles_without_result", "rows_expected", "rows_catalog", "rows_lost",
         "rows_duplicated", "subtiles_missing", "subtiles_duplicated", "subtiles_unexpected",
         "s3_requests", "setup_s", "run_a_s", "run_b_s", "run_c_s", "run_c_exit", "wall_s",
