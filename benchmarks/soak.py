@@ -72,11 +72,13 @@ def account(settings: Any) -> dict[str, int]:
     """Compare the catalog with the prepared sub-tiles and their result files.
 
     Expected: one ``subtiles`` row per prepared sub-tile (a manifest under the work
-    root) and, per sub-tile, as many ``sources`` rows as its ``result.parquet`` has
-    (none unless its status is ``ok``). Returns the counts printed by the soak.
+    root) and, per sub-tile, one ``sources`` row per source of its ``result.parquet``
+    (none unless its status is ``ok``), matched by object id. A source row is *lost*
+    when its object id is missing under its sub-tile; a catalog row is *duplicated*
+    when it repeats an expected row or is not expected under its sub-tile at all (an
+    object committed under two sub-tiles counts once). Returns the counts printed by
+    the soak.
     """
-    import pyarrow.compute as pc
-
     from constellation.catalog.iceberg import KEY_COLUMN, SOURCES, SUBTILES, open_catalog
     from constellation.catalog.iceberg import subtile_key as key_of
     from constellation.io.storage import storage_from_config
@@ -90,33 +92,32 @@ def account(settings: Any) -> dict[str, int]:
         for u in storage.glob(layout.join(work, "tiles", "*", "subtiles", "*", "manifest.yaml"))
     ]
 
-    def expected_rows(directory: str) -> tuple[int, int, str]:
+    def expected_ids(directory: str) -> tuple[int, set[int], str]:
         tile = int(directory.rstrip("/").split("/")[-3])
         row, col = (int(v[1:]) for v in directory.rstrip("/").split("/")[-1].split("_"))
         url = layout.join(directory, layout.RESULT_NAME)
         if not storage.exists(url):
-            return key_of(tile, row, col), 0, "none"
+            return key_of(tile, row, col), set(), "none"
         result = read_result(storage, url)
         status = str(result.row["status"])
-        return key_of(tile, row, col), result.sources.num_rows if status == "ok" else 0, status
+        ids = set(result.sources.column("object_id").to_pylist()) if status == "ok" else set()
+        return key_of(tile, row, col), ids, status
 
     with ThreadPoolExecutor(8) as pool:
-        found = list(pool.map(expected_rows, dirs))
-    expected = {k: n for k, n, _ in found}
+        found = list(pool.map(expected_ids, dirs))
+    expected = {k: ids for k, ids, _ in found}
     statuses = Counter(s for _, _, s in found)
 
     catalog = open_catalog(settings)
     sub = catalog.read(SUBTILES, [KEY_COLUMN])
     src = catalog.read(SOURCES, [KEY_COLUMN, "object_id"])
     sub_counts = Counter(sub.column(KEY_COLUMN).to_pylist())
-    src_counts = Counter(src.column(KEY_COLUMN).to_pylist())
-    lost = duplicated = 0
-    for key, n in expected.items():
-        got = src_counts.get(key, 0)
-        lost += max(0, n - got)
-        duplicated += max(0, got - n)
-    stray = sum(c for k, c in src_counts.items() if k not in expected)
-    distinct_ids = pc.count_distinct(src.column("object_id")).as_py() if src.num_rows else 0
+    pairs = Counter(
+        zip(src.column(KEY_COLUMN).to_pylist(), src.column("object_id").to_pylist(), strict=True)
+    )
+    lost = sum(1 for k, ids in expected.items() for oid in ids if (k, oid) not in pairs)
+    # extra copies of an expected row; rows nobody expects under that sub-tile
+    duplicated = sum(n - 1 if oid in expected.get(k, ()) else n for (k, oid), n in pairs.items())
     return {
         "soak_subtiles": len(expected),
         "subtiles_ok": statuses.get("ok", 0),
@@ -125,11 +126,10 @@ def account(settings: Any) -> dict[str, int]:
         "subtiles_missing": sum(1 for k in expected if k not in sub_counts),
         "subtiles_duplicated": sum(c - 1 for c in sub_counts.values() if c > 1),
         "subtiles_unexpected": sum(1 for k in sub_counts if k not in expected),
-        "rows_expected": sum(expected.values()),
+        "rows_expected": sum(len(ids) for ids in expected.values()),
         "rows_catalog": src.num_rows,
         "rows_lost": lost,
-        # too many rows for a sub-tile, rows of no prepared sub-tile, repeated object ids
-        "rows_duplicated": duplicated + stray + max(0, (src.num_rows - stray) - distinct_ids),
+        "rows_duplicated": duplicated,
     }
 
 

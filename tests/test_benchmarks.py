@@ -79,3 +79,45 @@ def test_prepare_benchmark_quick() -> None:
     ]
     assert float(values["stage_bytes_ratio"]) <= 1.05
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in values.values())
+
+
+def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:
+    """The soak's zeros mean something: its accounting catches planted losses and
+    duplicates (the soak itself takes minutes: run ``benchmarks/soak.py``)."""
+    import importlib.util
+
+    from pyiceberg.expressions import EqualTo
+
+    from constellation.catalog.assemble import assemble
+    from constellation.catalog.iceberg import KEY_COLUMN, SOURCES, SUBTILES, subtile_key
+    from tests.catalog.conftest import make_field
+
+    spec = importlib.util.spec_from_file_location("soak", SCRIPT.parent / "soak.py")
+    assert spec is not None
+    assert spec.loader is not None
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+
+    field = make_field(tmp_path, n_tiles=1)
+    markers = field.write(n_sources=3)
+    for tile, row, col in markers:  # the soak expects the prepared sub-tiles
+        (
+            Path(field.work) / "tiles" / str(tile) / "subtiles" / f"r{row}_c{col}" / "manifest.yaml"
+        ).touch()
+    assemble(field.settings)
+    clean = soak.account(field.settings)
+    assert clean["soak_subtiles"] == 16
+    assert clean["rows_expected"] == clean["rows_catalog"] == 48
+    assert [clean[k] for k in ("rows_lost", "rows_duplicated", "subtiles_missing")] == [0, 0, 0]
+
+    cat = field.catalog()
+    sources = cat.table(SOURCES)
+    first, second = sorted(markers)[:2]
+    one = sources.scan(row_filter=EqualTo(KEY_COLUMN, subtile_key(*first)), limit=1)
+    sources.append(one.to_arrow())  # a row twice
+    sources.delete(EqualTo(KEY_COLUMN, subtile_key(*second)))  # a sub-tile's rows lost
+    cat.table(SUBTILES).delete(EqualTo(KEY_COLUMN, subtile_key(*second)))
+    broken = soak.account(field.settings)
+    assert broken["rows_duplicated"] == 1
+    assert broken["rows_lost"] == 3
+    assert broken["subtiles_missing"] == 1
