@@ -7,7 +7,7 @@ Run from the repository root::
 
 Options: ``--fraction F`` or ``--max-tiles N`` plan only the first tiles in
 HEALPix order (a compact part of the footprint); ``--chunk-order K`` (HEALPix
-order of the chunks, default 3); ``-c CONFIG`` (a constellation config; the
+order of the chunks, default 4); ``-c CONFIG`` (a constellation config; the
 defaults otherwise); ``--out DIR`` writes one Parquet plan file per chunk (one
 row per sub-tile); ``--seed S`` (position angles of the pointings).
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fraction", type=float, default=1.0, help="plan this fraction of the tiles")
     ap.add_argument("--max-tiles", type=int, default=None, help="plan at most this many tiles")
-    ap.add_argument("--chunk-order", type=int, default=3, help="HEALPix order of the chunks")
+    ap.add_argument("--chunk-order", type=int, default=4, help="HEALPix order of the chunks")
     ap.add_argument("-c", "--config", default=None, help="constellation config (YAML)")
     ap.add_argument("--out", type=Path, default=None, help="write per-chunk plan files here")
     ap.add_argument("--seed", type=int, default=0)
