@@ -35,14 +35,18 @@ NUMERIC = [
 TEXT = ["cpu_model", "numpy_version", "numba_version"]
 
 
-def test_partition_benchmark_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def test_partition_benchmark_quick() -> None:
+    proc = _run(SCRIPT, "--quick")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert all("=" in line for line in lines), proc.stdout
@@ -58,14 +62,7 @@ def test_partition_benchmark_quick() -> None:
 
 
 def test_prepare_benchmark_quick() -> None:
-    script = SCRIPT.parent / "prepare.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = _run(SCRIPT.parent / "prepare.py", "--quick")
     assert proc.returncode == 0, proc.stderr
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     assert sorted(values) == [
@@ -83,14 +80,7 @@ def test_prepare_benchmark_quick() -> None:
 
 def test_survey_benchmark_small() -> None:
     """``benchmarks/survey.py`` on 40 tiles: runs, prints consistent figures."""
-    script = SCRIPT.parent / "survey.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--max-tiles", "40", "--chunk-order", "5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = _run(SCRIPT.parent / "survey.py", "--max-tiles", "40", "--chunk-order", "5")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert all("=" in line for line in lines), proc.stdout

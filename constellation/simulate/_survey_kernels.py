@@ -12,38 +12,6 @@ _DEG_PER_RAD = 180.0 / math.pi
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def fp_rows_to_sky(
-    x_arcsec: np.ndarray,
-    y_arcsec: np.ndarray,
-    p0: np.ndarray,
-    ax: np.ndarray,
-    ay: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """FP points ``(n, V)`` in one frame per row (``(n, 3)`` each): sky ``(n, V)`` degrees."""
-    n, v = x_arcsec.shape
-    ra = np.empty((n, v))
-    dec = np.empty((n, v))
-    for i in range(n):
-        p00, p01, p02 = p0[i, 0], p0[i, 1], p0[i, 2]
-        a0, a1, a2 = ax[i, 0], ax[i, 1], ax[i, 2]
-        b0, b1, b2 = ay[i, 0], ay[i, 1], ay[i, 2]
-        for j in range(v):
-            x = x_arcsec[i, j] * _RAD_PER_ARCSEC
-            y = y_arcsec[i, j] * _RAD_PER_ARCSEC
-            w0 = p00 + x * a0 + y * b0
-            w1 = p01 + x * a1 + y * b1
-            w2 = p02 + x * a2 + y * b2
-            r = math.atan2(w1, w0) * _DEG_PER_RAD
-            if r < 0.0:
-                r += 360.0
-            if r >= 360.0:
-                r -= 360.0
-            ra[i, j] = r
-            dec[i, j] = math.atan2(w2, math.sqrt(w0 * w0 + w1 * w1)) * _DEG_PER_RAD
-    return ra, dec
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def fp_gather_to_sky(
     x_arcsec: np.ndarray,
     y_arcsec: np.ndarray,

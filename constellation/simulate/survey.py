@@ -122,11 +122,12 @@ def _to_sky(
     frames: tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]],
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """FP points ``(n, V)`` in the frames ``(n, 3)`` (one per row): sky degrees ``(n, V)``."""
-    from constellation.simulate._survey_kernels import fp_rows_to_sky
+    from constellation.simulate._survey_kernels import fp_gather_to_sky
 
     x = np.ascontiguousarray(x_arcsec, dtype=np.float64)
     y = np.ascontiguousarray(y_arcsec, dtype=np.float64)
-    ra, dec = fp_rows_to_sky(x, y, *(np.ascontiguousarray(f) for f in frames))
+    rows = np.arange(x.shape[0])
+    ra, dec = fp_gather_to_sky(x, y, rows, rows, *(np.ascontiguousarray(f) for f in frames))
     return np.asarray(ra), np.asarray(dec)
 
 
