@@ -45,10 +45,9 @@ HEALPix order are taken until ``--rows`` is reached, so the index covers a
 compact part of the Wide footprint at the survey's depth. Each pointing has 6
 exposures with small dither offsets and a small random position angle; each
 exposure has 144 quadrants, whose 32-vertex footprints (pixel edges grown by
-2 px) come from :func:`~constellation.simulate.focal_plane.pixel_to_focal_plane`
-and a focal-plane-to-sky map vectorised over exposures (the same maths as
-:func:`~constellation.simulate.focal_plane.focal_plane_to_sky`, checked
-against it; no TPV distortion). Only the geometry columns carry real values.
+2 px) come from :func:`~constellation.simulate.survey.focal_plane_vertices`
+and :func:`~constellation.simulate.survey.fp_to_sky` (the focal-plane model
+vectorised over exposures; no TPV distortion). Only the geometry columns carry real values.
 
 Rows are written sorted by ``healpix`` without holding the index: pointings
 are bucketed by the coarse HEALPix pixels (order 3) their quadrants can reach,
@@ -78,6 +77,7 @@ from numpy.typing import NDArray
 
 from constellation.manifest.quadrant_index import FOOTPRINT_VERTICES, QUADRANT_INDEX_SCHEMA
 from constellation.simulate import focal_plane
+from constellation.simulate.survey import focal_plane_vertices, fp_to_sky
 from constellation.sky import AllSkyTiling, healpix, plane_to_sky, wide_footprint_mask
 
 ROW_GROUP_ROWS = 8192  # default of --row-group-rows (the index builder's)
@@ -98,7 +98,6 @@ GROW_PX = 2.0
 MARGIN_ARCMIN = 1.0
 # quadrant centres lie within ~0.53 deg of the pointing; dithers add ~0.07 deg
 _REACH_DEG = 0.65
-_ARCSEC_PER_RAD = 180.0 * 3600.0 / math.pi
 
 
 def _log(msg: str) -> None:
@@ -107,79 +106,6 @@ def _log(msg: str) -> None:
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-# -- the focal-plane model, vectorised over exposures ---------------------------------
-
-
-def _fp_vertices() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """FP ``(X, Y)`` arcsec of each quadrant's centre and 32 vertices: ``(144, 33)``."""
-    nx, ny = focal_plane.quadrant_shape(1)
-    per = FOOTPRINT_VERTICES // 4
-    t = np.arange(per) / per
-    lo_x, hi_x = -0.5 - GROW_PX, nx - 0.5 + GROW_PX
-    lo_y, hi_y = -0.5 - GROW_PX, ny - 0.5 + GROW_PX
-    px = np.concatenate(
-        [
-            [(nx - 1) / 2],
-            lo_x + t * (hi_x - lo_x),
-            np.full(per, hi_x),
-            hi_x - t * (hi_x - lo_x),
-            np.full(per, lo_x),
-        ]
-    )
-    py = np.concatenate(
-        [
-            [(ny - 1) / 2],
-            np.full(per, lo_y),
-            lo_y + t * (hi_y - lo_y),
-            np.full(per, hi_y),
-            hi_y - t * (hi_y - lo_y),
-        ]
-    )
-    xs, ys = [], []
-    for q in focal_plane.QUADRANT_IDS:
-        x, y = focal_plane.pixel_to_focal_plane(q, px, py)
-        xs.append(x)
-        ys.append(y)
-    return np.array(xs), np.array(ys)
-
-
-def fp_to_sky(
-    x_arcsec: NDArray[np.float64],
-    y_arcsec: NDArray[np.float64],
-    ra_deg: NDArray[np.float64],
-    dec_deg: NDArray[np.float64],
-    pa_deg: NDArray[np.float64],
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """FP ``(X, Y)`` (any shape ``S``) for ``n`` pointings: sky ``(n, *S)`` degrees."""
-    a, d, p = (np.radians(np.asarray(v, dtype=np.float64)) for v in (ra_deg, dec_deg, pa_deg))
-    ca, sa, cd, sd, cp, sp = np.cos(a), np.sin(a), np.cos(d), np.sin(d), np.cos(p), np.sin(p)
-    zero = np.zeros_like(a)
-    p0 = np.stack([cd * ca, cd * sa, sd], axis=-1)
-    e0 = np.stack([-sa, ca, zero], axis=-1)
-    n0 = np.stack([-sd * ca, -sd * sa, cd], axis=-1)
-    ax = cp[:, None] * e0 - sp[:, None] * n0
-    ay = sp[:, None] * e0 + cp[:, None] * n0
-    shape = (len(a),) + (1,) * np.ndim(x_arcsec)
-    x = np.asarray(x_arcsec) / _ARCSEC_PER_RAD
-    y = np.asarray(y_arcsec) / _ARCSEC_PER_RAD
-    w = [
-        p0[:, k].reshape(shape) + x * ax[:, k].reshape(shape) + y * ay[:, k].reshape(shape)
-        for k in range(3)
-    ]
-    ra = np.degrees(np.arctan2(w[1], w[0])) % 360.0
-    ra = np.where(ra >= 360.0, ra - 360.0, ra)
-    dec = np.degrees(np.arctan2(w[2], np.hypot(w[0], w[1])))
-    return ra, dec
-
-
-def _check_model(fx: NDArray[np.float64], fy: NDArray[np.float64]) -> None:
-    ra, dec = fp_to_sky(fx, fy, np.array([359.9]), np.array([-62.0]), np.array([3.0]))
-    ra_ref, dec_ref = focal_plane.focal_plane_to_sky(fx, fy, 359.9, -62.0, 3.0)
-    dra = (ra[0] - ra_ref + 180.0) % 360.0 - 180.0
-    if not (np.abs(dra).max() < 1e-9 and np.abs(dec[0] - dec_ref).max() < 1e-9):
-        raise AssertionError("vectorised focal-plane model disagrees with focal_plane_to_sky")
 
 
 # -- the index ------------------------------------------------------------------------
@@ -262,8 +188,7 @@ def _bucket_table(
 def build_index(path: Path, n_rows: int, seed: int, row_group_rows: int = ROW_GROUP_ROWS) -> int:
     """Write a synthetic index of about ``n_rows`` rows to ``path``; returns its rows."""
     rng = np.random.default_rng(seed)
-    fx, fy = _fp_vertices()
-    _check_model(fx, fy)
+    fx, fy = focal_plane_vertices(GROW_PX)
     pra, pdec = _pointings(n_rows)
     expo = _exposures(pra, pdec, rng)
     era, edec = expo[0], expo[1]

@@ -86,6 +86,7 @@ def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool
         get_backend(settings),
         run_id=run_id,
         healpix_order=settings.science.healpix.source_order,
+        partition_order=settings.science.healpix.partition_order,
         skip_done=not force,
         expected_config_hash=settings.config_hash,
     )

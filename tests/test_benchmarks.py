@@ -35,14 +35,18 @@ NUMERIC = [
 TEXT = ["cpu_model", "numpy_version", "numba_version"]
 
 
-def test_partition_benchmark_quick() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick"],
+def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def test_partition_benchmark_quick() -> None:
+    proc = _run(SCRIPT, "--quick")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert all("=" in line for line in lines), proc.stdout
@@ -58,14 +62,7 @@ def test_partition_benchmark_quick() -> None:
 
 
 def test_prepare_benchmark_quick() -> None:
-    script = SCRIPT.parent / "prepare.py"
-    proc = subprocess.run(
-        [sys.executable, str(script), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = _run(SCRIPT.parent / "prepare.py", "--quick")
     assert proc.returncode == 0, proc.stderr
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
     assert sorted(values) == [
@@ -79,6 +76,29 @@ def test_prepare_benchmark_quick() -> None:
     ]
     assert float(values["stage_bytes_ratio"]) <= 1.05
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in values.values())
+
+
+def test_survey_benchmark_small() -> None:
+    """``benchmarks/survey.py`` on 40 tiles: runs, prints consistent figures."""
+    proc = _run(SCRIPT.parent / "survey.py", "--max-tiles", "40", "--chunk-order", "5")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all("=" in line for line in lines), proc.stdout
+    values = dict(line.split("=", 1) for line in lines)
+    assert len(values) == len(lines)  # each name once
+    for name in ("survey_plan_s", "survey_peak_rss_mb", "survey_match_s", "survey_index_cpu_s"):
+        assert math.isfinite(float(values[name])), name
+        assert float(values[name]) >= 0, name
+    assert values["survey_grid"] == "4x4"
+    assert int(values["survey_tiles"]) == 40
+    assert int(values["survey_subtiles"]) == 640
+    assert int(values["survey_quadrant_exposures"]) == 864 * int(values["survey_pointings"])
+    pairs = int(values["survey_candidate_pairs"])
+    assert pairs > 0
+    assert math.isclose(pairs / 640, float(values["survey_pairs_per_subtile_mean"]), abs_tol=0.01)
+    # the policy drops the short exposures: 2 of the 6 exposures of an observation
+    kept = int(values["survey_index_rows_nominal"]) / int(values["survey_index_rows_generated"])
+    assert 0.6 < kept < 0.75
 
 
 def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:

@@ -8,21 +8,27 @@ Steps (``docs/catalog.md`` has the full story):
    ``result_sha256`` committed for its sub-tile is *unchanged* and skipped without
    reading its result. By default only results of the current science config hash
    are assembled.
-3. **Read** the pending results concurrently (pyarrow decodes without the GIL),
-   one batch ahead of the commits, check each file's sha256 and keep only the
-   source rows the sub-tile owns (its own tile/row/col, and none for a sub-tile
-   that is not ``ok``).
-4. **Write** each batch's data files once (both tables, one or more files per
-   partition pixel), then **commit** per table one transaction that deletes every
-   existing row of the batch's sub-tile keys and appends the new files — so
-   reprocessing a sub-tile replaces its rows, and re-running adds nothing. A commit
-   that loses a race with another writer (``CommitConflictError``) is retried
-   against the refreshed table, with backoff, reusing the written files: two
-   assemblers at once end with every row exactly once.
+3. **Read** the pending results concurrently, one batch ahead of the commits. A
+   ``result.parquet`` is written by the infer stage in the ``sources`` table's file
+   layout (its columns and field ids, the sub-tile key and partition pixel in every
+   row), so the footer alone tells whether it can be **stored as it is**: the table's
+   schema, and statistics showing only rows of its own sub-tile (none unless ``ok``).
+   Such a file is copied byte for byte into the warehouse as the sub-tile's data file;
+   any other is decoded, filtered to the rows the sub-tile owns and re-encoded.
+4. **Commit** per table one transaction per batch that deletes every existing row of
+   the batch's sub-tile keys (in their partitions only; a file holding one sub-tile is
+   dropped without being read) and appends the new files — so reprocessing a
+   sub-tile replaces its rows, and re-running adds nothing. A commit that loses a race
+   with another writer (``CommitConflictError``) is retried against the refreshed
+   table, with backoff, reusing the written files: two assemblers at once end with
+   every row exactly once.
 
 The ``sources`` table is committed before ``subtiles``: a crash in between leaves
 the sub-tile's ``result_sha256`` unchanged, so the next run redoes the sub-tile and
 its source rows are replaced, not duplicated.
+
+Every sub-tile's source rows are one data file: a catalog after many batches has
+many small files, which ``constellation`` maintenance compacts.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from constellation import __version__
 from constellation.catalog.iceberg import (
@@ -51,16 +58,24 @@ from constellation.catalog.iceberg import (
     SOURCES,
     SUBTILES,
     CommitConflictError,
+    DataFile,
+    DataFileWriter,
     ShearCatalog,
     WrittenFiles,
     open_catalog,
     partition_pixels,
     subtile_key,
 )
-from constellation.config import Settings
+from constellation.config import ConfigError, Settings
 from constellation.io.storage import Storage, storage_from_config
 from constellation.manifest import layout
-from constellation.results.store import ResultMarker, decode_result, read_marker
+from constellation.results.schema import partition_pixel
+from constellation.results.store import (
+    ResultMarker,
+    decode_result,
+    decode_subtile_row,
+    read_marker,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -134,6 +149,9 @@ class AssembleReport:
         Commits retried after losing a race with another writer.
     data_files
         Data files written.
+    added_as_is
+        Of the ``sources`` data files, result files stored byte for byte (the rest were
+        decoded and re-encoded: an older result layout or an evolved table).
     seconds
         Wall time.
     """
@@ -151,6 +169,7 @@ class AssembleReport:
     commits: int = 0
     conflicts: int = 0
     data_files: int = 0
+    added_as_is: int = 0
     seconds: float = 0.0
     unreadable_dirs: list[str] = field(default_factory=list)
 
@@ -159,7 +178,8 @@ class AssembleReport:
         return (
             f"assembled {self.subtiles_committed} sub-tiles ({self.failed_committed} failed) and "
             f"{self.sources_committed} sources in {self.batches} batches "
-            f"({self.commits} commits, {self.conflicts} retried, {self.data_files} data files) "
+            f"({self.commits} commits, {self.conflicts} retried, {self.data_files} data files, "
+            f"{self.added_as_is} results added as they are) "
             f"in {self.seconds:.2f} s; {self.skipped_unchanged} unchanged, "
             f"{self.skipped_other_config} of another config, {self.unreadable} unreadable; "
             f"run {self.run_id}"
@@ -215,45 +235,104 @@ def find_results(
 
 @dataclass(frozen=True)
 class _Prepared:
-    """One result, read and decoded, its source rows ready for the data files."""
+    """One result, read and checked, its ``sources`` data file written."""
 
     ref: ResultRef
     sha256: str
     status: str
     subtile: pa.Table
-    #: Owned source rows conformed to the file schema, grouped by partition pixel.
-    sources: pa.Table
-    #: ``(pixel, start, stop)`` runs of ``sources``.
-    runs: tuple[tuple[int, int, int], ...]
+    #: The sub-tile's partition pixel in the ``sources`` table.
+    pixel: int
+    #: Its ``sources`` data file (None: no source rows).
+    file: DataFile | None
+    rows: int
     dropped: int
+    #: Whether the result file was added as it is (not decoded and re-encoded).
+    as_is: bool
 
 
 @dataclass(frozen=True)
 class _Target:
-    """What a reader needs to prepare source rows for the ``sources`` files."""
+    """What a reader needs to turn results into ``sources`` data files."""
 
-    schema: pa.Schema
-    source_order: int
+    writer: DataFileWriter
     partition_order: int
+    #: Column positions of the identity checks: (column index, result attribute).
+    checks: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def of(cls, catalog: ShearCatalog) -> _Target:
+        writer = catalog.file_writer(SOURCES)
+        names = ("tile_id", "subtile_row", "subtile_col", KEY_COLUMN, PARTITION_COLUMN)
+        attrs = ("tile_id", "row", "col", "key", "pixel")
+        checks = tuple(
+            (writer.arrow_schema.get_field_index(n), a) for n, a in zip(names, attrs, strict=True)
+        )
+        return cls(writer, catalog.table_partition_order(SOURCES), checks)
+
+    def as_is(self, metadata: pq.FileMetaData, values: dict[str, int], status: str) -> bool:
+        """Whether a result file can become a data file as it is: the table's schema, and
+        (from the footer's statistics, without reading a row) only rows of its own
+        sub-tile and partition — and none unless the sub-tile is ``ok``."""
+        if not self.writer.accepts(metadata):
+            return False
+        if metadata.num_rows == 0:
+            return True
+        if status != "ok" or metadata.num_row_groups != 1:
+            return False
+        group = metadata.row_group(0)
+        for index, attr in self.checks:
+            stats = group.column(index).statistics
+            if stats is None or not stats.has_min_max:
+                return False
+            if stats.min != values[attr] or stats.max != values[attr]:
+                return False
+        return True
 
 
 def _prepare_one(storage: Storage, ref: ResultRef, target: _Target) -> _Prepared | str:
-    """Read, decode and prepare one result (runs on a reader thread); an error message
-    when it cannot be read."""
+    """Read and check one result and write its ``sources`` data file (runs on a reader
+    thread); an error message when it cannot be read.
+
+    A result written in the table's file layout (the normal case) becomes the data file
+    byte for byte — hard-linked into the warehouse when both are local; any other (an
+    older layout, an evolved table, rows it does not own) is decoded, filtered and
+    re-encoded.
+    """
     url = layout.join(ref.directory, layout.RESULT_NAME)
+    writer = target.writer
+    staged = None
     try:
-        data = storage.read_bytes(url)
-        result = decode_result(data)
+        staged = writer.link(url)
+        data = staged.read_bytes() if staged is not None else storage.read_bytes(url)
+        metadata = pq.read_metadata(pa.BufferReader(data))
+        sub = decode_subtile_row(metadata.metadata)
+        ident = tuple(sub.column(c)[0].as_py() for c in ("tile_id", "subtile_row", "subtile_col"))
+        expected = (ref.tile_id, ref.row, ref.col)
+        if ident != expected:
+            writer.discard(staged)
+            return f"{url}: the result is for sub-tile {ident}, not {expected}"
+        status = str(sub.column("status")[0].as_py())
+        pixel = partition_pixel(
+            sub.column("healpix")[0].as_py(), sub.column("healpix_order")[0].as_py(),
+            target.partition_order,
+        )  # fmt: skip
+        sha = hashlib.sha256(data).hexdigest()
+        values = {"tile_id": ref.tile_id, "row": ref.row, "col": ref.col, "key": ref.key}
+        values["pixel"] = pixel
+        if target.as_is(metadata, values, status):
+            rows = metadata.num_rows
+            data_file = writer.add(data, metadata, pixel, staged) if rows else None
+            if data_file is None:
+                writer.discard(staged)
+            return _Prepared(ref, sha, status, sub, pixel, data_file, rows, 0, as_is=True)
+        writer.discard(staged)
+        src = decode_result(data).sources
     except (OSError, ValueError, pa.ArrowException) as exc:
+        writer.discard(staged)
         return f"{url}: {type(exc).__name__}: {exc}"
-    sub = result.subtile
-    ident = tuple(sub.column(c)[0].as_py() for c in ("tile_id", "subtile_row", "subtile_col"))
-    if ident != (ref.tile_id, ref.row, ref.col):
-        return f"{url}: the result is for sub-tile {ident}, not {(ref.tile_id, ref.row, ref.col)}"
-    src = result.sources
     n = src.num_rows
     # Defensive ownership filter: only the sub-tile's own core rows, none unless ok.
-    status = str(sub.column("status")[0].as_py())
     if status != "ok":
         own = np.zeros(n, dtype=bool)
     else:
@@ -265,33 +344,10 @@ def _prepare_one(storage: Storage, ref: ResultRef, target: _Target) -> _Prepared
     kept = int(np.count_nonzero(own))
     if kept != n:
         src = src.filter(pa.array(own))
-    pixels = np.asarray(
-        partition_pixels(src.column("healpix"), target.source_order, target.partition_order)
-    )
-    if kept and np.any(pixels[1:] != pixels[:-1]):
-        order = np.argsort(pixels, kind="stable")
-        src = src.take(order)
-        pixels = pixels[order]
-    src = src.append_column(
-        pa.field(KEY_COLUMN, pa.int64(), nullable=False), pa.array(np.full(kept, ref.key))
-    )
-    src = src.append_column(
-        pa.field(PARTITION_COLUMN, pa.int64(), nullable=False), pa.array(pixels)
-    )
-    runs: tuple[tuple[int, int, int], ...] = ()
-    if kept:
-        starts = np.flatnonzero(np.r_[True, pixels[1:] != pixels[:-1]])
-        stops = np.r_[starts[1:], kept]
-        runs = tuple((int(pixels[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True))
-    return _Prepared(
-        ref=ref,
-        sha256=hashlib.sha256(data).hexdigest(),
-        status=status,
-        subtile=sub,
-        sources=_conform(src, target.schema),
-        runs=runs,
-        dropped=n - kept,
-    )
+    src = src.append_column(KEY_COLUMN, pa.array(np.full(kept, ref.key, np.int64)))
+    src = src.append_column(PARTITION_COLUMN, pa.array(np.full(kept, pixel, np.int64)))
+    data_file = writer.write(_conform(src, writer.arrow_schema), pixel) if kept else None
+    return _Prepared(ref, sha, status, sub, pixel, data_file, kept, n - kept, as_is=False)
 
 
 def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -433,12 +489,15 @@ def assemble_results(
             report.seconds = time.perf_counter() - t0
             log.info("%s", report.summary())
             return report
+        if not catalog.partitioned_by_subtile(SOURCES):
+            raise ConfigError(
+                f"Iceberg table {catalog.identifier(SOURCES)} was made by an older constellation "
+                "that partitioned sources by their own pixel; this version partitions them by "
+                "their sub-tile's centre. Drop the table (or delete the embedded catalog "
+                "directory, {work_uri}/catalog) and assemble again."
+            )
         _evolve(catalog, report, max_attempts)
-        target = _Target(
-            schema=catalog.file_schema(SOURCES),
-            source_order=catalog.source_order,
-            partition_order=catalog.table_partition_order(SOURCES),
-        )
+        target = _Target.of(catalog)
         subtile_order = catalog.table_partition_order(SUBTILES)
         batches = list(_chunks(pending, batch_size))
 
@@ -489,21 +548,22 @@ def _commit_batch(
     max_attempts: int,
     rng: random.Random,
 ) -> None:
-    keys = [p.ref.key for p in prepared]
-    groups: dict[int, list[pa.Table]] = {}
-    for p in prepared:
-        for pixel, start, stop in p.runs:
-            groups.setdefault(pixel, []).append(p.sources.slice(start, stop - start))
     now = datetime.now(UTC)
     subtiles = _subtile_rows(prepared, partition_order=subtile_order, assembled_at=now)
     # Data files are written once; a commit that loses a race is retried with them.
-    source_files = catalog.write_partitions(SOURCES, groups, executor=pool)
+    source_files = WrittenFiles(SOURCES, tuple(p.file for p in prepared if p.file is not None))
     subtile_files = catalog.write_files(SUBTILES, subtiles, executor=pool)
+    # The batch's keys by the partition of their sub-tile, per table.
+    keys: dict[str, dict[int, list[int]]] = {SOURCES: {}, SUBTILES: {}}
+    subtile_pixels = subtiles.column(PARTITION_COLUMN).to_pylist()
+    for p, subtile_pixel in zip(prepared, subtile_pixels, strict=True):
+        keys[SOURCES].setdefault(p.pixel, []).append(p.ref.key)
+        keys[SUBTILES].setdefault(subtile_pixel, []).append(p.ref.key)
     # Sources first: see the module docstring.
     for name, files in ((SOURCES, source_files), (SUBTILES, subtile_files)):
 
         def commit(name: str = name, files: WrittenFiles = files) -> int:
-            return catalog.replace(name, keys, files, props)
+            return catalog.replace(name, keys[name], files, props)
 
         _with_retries(commit, catalog, report, max_attempts, rng)
         report.commits += 1
@@ -513,6 +573,7 @@ def _commit_batch(
     report.sources_committed += source_files.rows
     report.failed_committed += sum(p.status == "failed" for p in prepared)
     report.dropped_sources += sum(p.dropped for p in prepared)
+    report.added_as_is += sum(p.as_is and p.file is not None for p in prepared)
 
 
 def assemble(

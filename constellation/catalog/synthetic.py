@@ -23,7 +23,7 @@ from constellation import __version__
 from constellation.io.storage import Storage
 from constellation.manifest import layout
 from constellation.results.schema import SHEAR_CONVENTION, SOURCE_PARAMETERS, SOURCE_SCHEMA
-from constellation.results.store import ResultMarker, write_result
+from constellation.results.store import DEFAULT_PARTITION_ORDER, ResultMarker, write_result
 from constellation.sky.healpix import radec_to_index
 from constellation.sky.tiling import SubTile, SubTileGrid, Tile
 
@@ -191,6 +191,7 @@ def write_results(
     noise: float = 0.0,
     failed: Iterable[tuple[int, int, int]] = (),
     source_order: int = 29,
+    partition_order: int = DEFAULT_PARTITION_ORDER,
     run_id: str = "synthetic",
     config_hash: str = "0" * 16,
 ) -> dict[tuple[int, int, int], ResultMarker]:
@@ -217,5 +218,7 @@ def write_results(
                 config_hash=config_hash,
             )
             directory = layout.subtile_dir(work_uri, *key)
-            markers[key] = write_result(storage, directory, result.row, result.sources)
+            markers[key] = write_result(
+                storage, directory, result.row, result.sources, partition_order=partition_order
+            )
     return markers

@@ -92,6 +92,7 @@ def infer(
             try:
                 outcome = infer_subtile(
                     url, storage, backend, run_id=rid, healpix_order=order,
+                    partition_order=settings.science.healpix.partition_order,
                     skip_done=not force, expected_config_hash=settings.config_hash,
                 )  # fmt: skip
             except (OSError, ValueError) as exc:

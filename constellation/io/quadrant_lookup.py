@@ -42,7 +42,11 @@ if TYPE_CHECKING:
 __all__ = [
     "LookupStats",
     "QuadrantIndexFile",
+    "QuadrantIndexTable",
+    "Region",
     "box_disc",
+    "box_region",
+    "disc_region",
     "lookup_disc",
     "lookup_subtile",
     "lookup_tile",
@@ -109,6 +113,49 @@ def _separation_deg(
     num = np.hypot(cd * np.sin(dr), math.cos(d0) * sd - math.sin(d0) * cd * np.cos(dr))
     den = math.sin(d0) * sd + math.cos(d0) * cd * np.cos(dr)
     return np.asarray(np.degrees(np.arctan2(num, den)), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A lookup region: NESTED order-29 ``ranges`` covering a disc (conservative), and the disc.
+
+    ``disc`` is ``(ra, dec, radius)`` in degrees, or ``None`` when rows are kept
+    on their HEALPix pixel alone (``exact=False``).
+    """
+
+    ranges: NDArray[np.int64]
+    disc: tuple[float, float, float] | None
+
+    def keep(
+        self,
+        index: NDArray[np.int64],
+        center_ra: NDArray[np.float64] | None,
+        center_dec: NDArray[np.float64] | None,
+    ) -> NDArray[np.bool_]:
+        """Which rows (``healpix`` and centres) fall in the region."""
+        keep = healpix.in_ranges(index, self.ranges)
+        if self.disc is not None and keep.size:
+            if center_ra is None or center_dec is None:
+                raise ValueError("an exact region needs the rows' centres")
+            ra0, dec0, radius = self.disc
+            keep &= _separation_deg(ra0, dec0, center_ra, center_dec) <= radius
+        return keep
+
+
+def disc_region(
+    ra_deg: float, dec_deg: float, radius_deg: float, *, order: int | None = None,
+    exact: bool = True,
+) -> Region:  # fmt: skip
+    """The :class:`Region` of rows whose centre lies in a disc."""
+    o = search_order(radius_deg) if order is None else order
+    ranges = healpix.disc_ranges(ra_deg, dec_deg, radius_deg, o, healpix.SOURCE_ORDER)
+    return Region(ranges, (ra_deg, dec_deg, radius_deg) if exact else None)
+
+
+def box_region(tile: Tile, box: Box, *, order: int | None = None, exact: bool = True) -> Region:
+    """The :class:`Region` holding every quadrant that may touch ``box`` (see module docstring)."""
+    ra, dec, r = box_disc(tile, box)
+    return disc_region(ra, dec, r + MAX_QUADRANT_RADIUS_DEG, order=order, exact=exact)
 
 
 def _open(storage: Storage | None, url: str | os.PathLike[str]) -> tuple[pq.ParquetFile, Any]:
@@ -220,16 +267,12 @@ class QuadrantIndexFile:
             table = self._file.read_row_groups(groups.tolist(), columns=read_cols)
         else:
             table = self._file.schema_arrow.empty_table().select(read_cols)
-        keep = healpix.in_ranges(table.column("healpix").to_numpy(), ranges)
-        if disc is not None and table.num_rows:
-            ra0, dec0, radius = disc
-            sep = _separation_deg(
-                ra0,
-                dec0,
-                table.column("center_ra").to_numpy(),
-                table.column("center_dec").to_numpy(),
-            )
-            keep &= sep <= radius
+        has_centres = disc is not None and table.num_rows
+        keep = Region(ranges, disc).keep(
+            table.column("healpix").to_numpy(),
+            table.column("center_ra").to_numpy() if has_centres else None,
+            table.column("center_dec").to_numpy() if has_centres else None,
+        )
         out = table.filter(pa.array(keep)) if table.num_rows else table
         out = out.select(wanted)
         if stats is not None:
@@ -252,12 +295,10 @@ class QuadrantIndexFile:
         stats: LookupStats | None = None,
     ) -> pa.Table:
         """Rows whose centre lies in a disc (``exact=False``: a superset, HEALPix pixels)."""
-        o = search_order(radius_deg) if order is None else order
-        ranges = healpix.disc_ranges(ra_deg, dec_deg, radius_deg, o, healpix.SOURCE_ORDER)
+        region = disc_region(ra_deg, dec_deg, radius_deg, order=order, exact=exact)
         if stats is not None:
             stats.radius_deg = radius_deg
-        disc = (ra_deg, dec_deg, radius_deg) if exact else None
-        return self.read_ranges(ranges, columns, stats, disc)
+        return self.read_ranges(region.ranges, columns, stats, region.disc)
 
     def box(
         self,
@@ -270,16 +311,69 @@ class QuadrantIndexFile:
         stats: LookupStats | None = None,
     ) -> pa.Table:
         """Rows of every quadrant that may touch ``box`` (a superset; see module docstring)."""
-        ra, dec, r = box_disc(tile, box)
-        return self.disc(
-            ra,
-            dec,
-            r + MAX_QUADRANT_RADIUS_DEG,
-            columns,
-            order=order,
-            exact=exact,
-            stats=stats,
-        )
+        region = box_region(tile, box, order=order, exact=exact)
+        if stats is not None:
+            stats.radius_deg = box_disc(tile, box)[2] + MAX_QUADRANT_RADIUS_DEG
+        return self.read_ranges(region.ranges, columns, stats, region.disc)
+
+
+class QuadrantIndexTable:
+    """Region lookups in index rows held in memory (sorted by ``healpix``).
+
+    The same selection as :class:`QuadrantIndexFile` (HEALPix ranges, then the
+    centre in the disc) by two binary searches per range instead of row-group
+    reads: for planners that hold a slice of the index (e.g. one coarse
+    HEALPix pixel of a survey-scale index) and look up many tiles in it.
+
+    Parameters
+    ----------
+    table
+        Index rows with at least ``healpix``, ``center_ra`` and ``center_dec``,
+        sorted by ``healpix`` (checked).
+    """
+
+    def __init__(self, table: pa.Table) -> None:
+        missing = [c for c in _FILTER_COLUMNS if c not in table.column_names]
+        if missing:
+            raise ValueError(f"index table lacks column(s) {missing}")
+        self.table = table
+        self.healpix: NDArray[np.int64] = table.column("healpix").to_numpy()
+        if self.healpix.size > 1 and not (np.diff(self.healpix) >= 0).all():
+            raise ValueError("index table is not sorted by healpix")
+        self.center_ra: NDArray[np.float64] = table.column("center_ra").to_numpy()
+        self.center_dec: NDArray[np.float64] = table.column("center_dec").to_numpy()
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.healpix.size)
+
+    def region_rows(self, region: Region) -> NDArray[np.int64]:
+        """Positions (ascending) of the rows in ``region``."""
+        rows = healpix.select_sorted(self.healpix, region.ranges)
+        if region.disc is None or rows.size == 0:
+            return rows
+        ra0, dec0, radius = region.disc
+        sep = _separation_deg(ra0, dec0, self.center_ra[rows], self.center_dec[rows])
+        return rows[sep <= radius]
+
+    def box_rows(
+        self, tile: Tile, box: Box, *, order: int | None = None, exact: bool = True
+    ) -> NDArray[np.int64]:
+        """Positions of the rows of every quadrant that may touch ``box`` (as ``.box``)."""
+        return self.region_rows(box_region(tile, box, order=order, exact=exact))
+
+    def box(
+        self,
+        tile: Tile,
+        box: Box,
+        columns: Sequence[str] | None = None,
+        *,
+        order: int | None = None,
+        exact: bool = True,
+    ) -> pa.Table:
+        """The rows of :meth:`box_rows` (``columns``; all by default), like ``.box`` on a file."""
+        out = self.table.take(pa.array(self.box_rows(tile, box, order=order, exact=exact)))
+        return out if columns is None else out.select(list(columns))
 
 
 def lookup_disc(

@@ -533,8 +533,13 @@ class Storage:
 
     def read_bytes(self, url: str) -> bytes:
         """The whole content of a file or object."""
-        fs, path = self._resolve(url)
-        data: bytes = self._call("read", url, lambda: fs.cat_file(path))
+        local = local_path(url)
+        data: bytes
+        if local is not None:  # ~10x cheaper than through fsspec for a small file
+            data = self._call("read", url, local.read_bytes)
+        else:
+            fs, path = self._resolve(url)
+            data = self._call("read", url, lambda: fs.cat_file(path))
         self.stats.add(bytes_read=len(data))
         return data
 

@@ -13,6 +13,11 @@ Both schemas are exact: writers build tables with them and readers check them, s
 the Iceberg tables built from them (``constellation.catalog``) see fixed types,
 nullability and integer widths.
 
+Result files are written in the layout of the catalog's ``sources`` data files
+(:func:`source_file_schema`: the source columns, then :data:`KEY_COLUMN` and
+:data:`PARTITION_COLUMN`, with Parquet field ids), so that assembly can commit them
+as they are instead of decoding and re-encoding every row.
+
 Shear sign convention (:data:`SHEAR_CONVENTION`): reduced shear in the local
 ``(u, v) = (-RA cos δ, Dec)`` frame — ``u`` points west, ``v`` north — so ``+g1``
 stretches along west-east and ``+g2`` along the north-west/south-east diagonal.
@@ -23,9 +28,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 
 __all__ = [
+    "KEY_COLUMN",
+    "PARTITION_COLUMN",
     "SHEAR_CONVENTION",
     "SOURCE_PARAMETERS",
     "SOURCE_SCHEMA",
@@ -33,7 +41,13 @@ __all__ = [
     "SUBTILE_SCHEMA",
     "Status",
     "empty_sources",
+    "partition_pixel",
+    "partition_pixels",
+    "source_file_schema",
+    "split_key",
+    "subtile_key",
     "subtile_table",
+    "with_field_ids",
 ]
 
 #: Recorded in every sub-tile row; see the module docstring.
@@ -132,3 +146,86 @@ def subtile_table(row: dict[str, Any]) -> pa.Table:
 def empty_sources() -> pa.Table:
     """A source table with no rows."""
     return SOURCE_SCHEMA.empty_table()
+
+
+# --------------------------------------------------------------------------- data-file layout
+
+KEY_COLUMN = "subtile_key"
+"""``tile_id * 10000 + subtile_row * 100 + subtile_col`` (rows and columns are < 100)."""
+
+PARTITION_COLUMN = "partition_healpix"
+"""Nested HEALPix pixel, at a coarse partition order, of the centre of the sub-tile that
+owns the row: every row of a sub-tile shares it, so one sub-tile's rows form one file
+of one partition."""
+
+
+def subtile_key(tile_id: int, row: int, col: int) -> int:
+    """The int64 key of a sub-tile: ``tile_id * 10000 + row * 100 + col``."""
+    if not (0 <= row < 100 and 0 <= col < 100):
+        raise ValueError(f"sub-tile row/col must be in [0, 100), got ({row}, {col})")
+    return int(tile_id) * 10_000 + int(row) * 100 + int(col)
+
+
+def split_key(key: int) -> tuple[int, int, int]:
+    """``(tile_id, row, col)`` of a :func:`subtile_key`."""
+    tile, rest = divmod(int(key), 10_000)
+    return tile, rest // 100, rest % 100
+
+
+def partition_pixels(
+    healpix: pa.Array | pa.ChunkedArray | Any,
+    order: int | pa.Array | pa.ChunkedArray | Any,
+    partition_order: int,
+) -> pa.Array:
+    """Nested pixels at ``partition_order`` of nested indices at ``order`` (int64).
+
+    Coarser orders shift right; an index at an order below ``partition_order`` maps to
+    its first child pixel.
+    """
+    hp = np.asarray(healpix, dtype=np.int64)
+    orders = np.asarray(order, dtype=np.int64)
+    shift = 2 * (orders - partition_order)
+    out = np.where(shift >= 0, hp >> np.maximum(shift, 0), hp << np.maximum(-shift, 0))
+    return pa.array(out, pa.int64())
+
+
+def partition_pixel(healpix: int, order: int, partition_order: int) -> int:
+    """:func:`partition_pixels` of one index."""
+    shift = 2 * (int(order) - partition_order)
+    return int(healpix) >> shift if shift >= 0 else int(healpix) << -shift
+
+
+def key_field() -> pa.Field:
+    """The :data:`KEY_COLUMN` field, documented."""
+    return _f(KEY_COLUMN, _I64, False, "Sub-tile key: tile_id * 10000 + subtile_row * 100 + col.")
+
+
+def partition_field(partition_order: int, of: str) -> pa.Field:
+    """The :data:`PARTITION_COLUMN` field at ``partition_order``, documented; ``of`` says
+    whose position the pixel is."""
+    return _f(
+        PARTITION_COLUMN,
+        _I64,
+        False,
+        f"Nested HEALPix pixel at order {partition_order} of {of}; the table's partition.",
+    )
+
+
+def source_file_schema(partition_order: int) -> pa.Schema:
+    """The columns of a result file and of the catalog's ``sources`` table:
+    :data:`SOURCE_SCHEMA`, :data:`KEY_COLUMN` and :data:`PARTITION_COLUMN` (the pixel of
+    the owning sub-tile's centre at ``partition_order``)."""
+    return pa.schema(
+        [*SOURCE_SCHEMA, key_field(), partition_field(partition_order, "the sub-tile centre")]
+    )
+
+
+def with_field_ids(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with Parquet field ids 1, 2, ... in column order (the ids an Iceberg
+    table created from it assigns) and without field docs."""
+    return pa.schema(
+        [
+            f.with_metadata({b"PARQUET:field_id": str(i).encode()})
+            for i, f in enumerate(schema, start=1)
+        ]
+    )

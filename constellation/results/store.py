@@ -20,26 +20,43 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from constellation.io.storage import Storage
 from constellation.manifest import layout
-from constellation.results.schema import SOURCE_SCHEMA, SUBTILE_SCHEMA, subtile_table
+from constellation.results.schema import (
+    KEY_COLUMN,
+    PARTITION_COLUMN,
+    SOURCE_SCHEMA,
+    SUBTILE_SCHEMA,
+    partition_pixel,
+    source_file_schema,
+    subtile_key,
+    subtile_table,
+    with_field_ids,
+)
 
 __all__ = [
+    "DEFAULT_PARTITION_ORDER",
     "MARKER_VERSION",
     "ResultMarker",
     "SubTileResult",
     "decode_result",
+    "decode_subtile_row",
     "encode_result",
     "is_done",
     "read_marker",
     "read_result",
+    "result_file_schema",
     "write_result",
 ]
 
 MARKER_VERSION = 1
+
+#: The default ``science.healpix.partition_order``.
+DEFAULT_PARTITION_ORDER = 7
 _META_KEY = b"constellation.subtile"
 
 
@@ -50,6 +67,18 @@ def _bare(schema: pa.Schema) -> pa.Schema:
 
 _BARE_SUBTILE = _bare(SUBTILE_SCHEMA)
 _BARE_SOURCES = _bare(SOURCE_SCHEMA)
+_FILE_SCHEMAS: dict[int, pa.Schema] = {}
+
+
+def result_file_schema(partition_order: int) -> pa.Schema:
+    """The Arrow schema of ``result.parquet`` (with Parquet field ids, no docs):
+    :func:`~.schema.source_file_schema` at ``partition_order``."""
+    schema = _FILE_SCHEMAS.get(partition_order)
+    if schema is None:
+        schema = _FILE_SCHEMAS[partition_order] = with_field_ids(
+            source_file_schema(partition_order)
+        )
+    return schema
 
 
 @dataclass(frozen=True)
@@ -106,8 +135,17 @@ def _ipc(table: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def encode_result(subtile_row: dict[str, Any] | pa.Table, sources: pa.Table) -> bytes:
-    """Parquet bytes of a result (the schemas are enforced; extra columns are an error)."""
+def encode_result(
+    subtile_row: dict[str, Any] | pa.Table,
+    sources: pa.Table,
+    partition_order: int = DEFAULT_PARTITION_ORDER,
+) -> bytes:
+    """Parquet bytes of a result (the schemas are enforced; extra columns are an error).
+
+    The source rows are written in the catalog's data-file layout
+    (:func:`result_file_schema`): sorted by ``healpix``, with the sub-tile key and the
+    pixel of the sub-tile centre at ``partition_order`` in every row.
+    """
     sub = subtile_row if isinstance(subtile_row, pa.Table) else subtile_table(subtile_row)
     if sub.num_rows != 1 or not sub.schema.equals(SUBTILE_SCHEMA):
         raise ValueError("the sub-tile part of a result must be one row of SUBTILE_SCHEMA")
@@ -115,31 +153,55 @@ def encode_result(subtile_row: dict[str, Any] | pa.Table, sources: pa.Table) -> 
         extra = sorted(set(sources.column_names) - set(SOURCE_SCHEMA.names))
         raise ValueError(f"unknown source result columns: {extra}")
     src = sources.select(SOURCE_SCHEMA.names).cast(_BARE_SOURCES)
-    meta = {_META_KEY: base64.b64encode(_ipc(sub.cast(_BARE_SUBTILE)))}
+    n = src.num_rows
+    if n > 1:
+        src = src.take(pa.array(np.argsort(np.asarray(src.column("healpix")), kind="stable")))
+    ident = [sub.column(c)[0].as_py() for c in ("tile_id", "subtile_row", "subtile_col")]
+    pixel = partition_pixel(
+        sub.column("healpix")[0].as_py(), sub.column("healpix_order")[0].as_py(), partition_order
+    )
+    src = src.append_column(KEY_COLUMN, pa.array(np.full(n, subtile_key(*ident), np.int64)))
+    src = src.append_column(PARTITION_COLUMN, pa.array(np.full(n, pixel, np.int64)))
+    schema = result_file_schema(partition_order)
+    table = pa.Table.from_arrays(src.columns, schema=schema)
     buf = io.BytesIO()
-    # snappy: fitted floats hardly compress (zstd saves ~7 %) and it decodes ~2x faster
-    pq.write_table(src.replace_schema_metadata(meta), buf, compression="snappy")
+    # snappy: fitted floats hardly compress (zstd saves ~7 %) and it decodes ~2x faster;
+    # one row group, so that the footer's statistics describe the whole file; no Arrow
+    # schema in the footer (the Parquet types and field ids say it all): a 6x smaller
+    # footer, read 2x faster by the assembler
+    with pq.ParquetWriter(buf, schema, compression="snappy", store_schema=False) as writer:
+        writer.write_table(table, row_group_size=max(1, n))
+        writer.add_key_value_metadata({_META_KEY: base64.b64encode(_ipc(sub.cast(_BARE_SUBTILE)))})
     return buf.getvalue()
 
 
+def decode_subtile_row(metadata: dict[bytes, bytes] | None) -> pa.Table:
+    """The one-row sub-tile table (:data:`~.schema.SUBTILE_SCHEMA`) stored in a result
+    file's key-value ``metadata`` (the Parquet footer's, or the Arrow schema's)."""
+    meta = metadata or {}
+    if _META_KEY not in meta:
+        raise ValueError("not a constellation result: no sub-tile row in the Parquet metadata")
+    batch = pa.ipc.open_stream(base64.b64decode(meta[_META_KEY])).read_next_batch()
+    # re-attach the field docs without copying data
+    if batch.schema.equals(_BARE_SUBTILE):
+        return pa.Table.from_batches([batch], SUBTILE_SCHEMA)
+    return pa.Table.from_batches([batch]).cast(SUBTILE_SCHEMA)
+
+
 def decode_result(data: bytes | pa.Buffer) -> SubTileResult:
-    """The inverse of :func:`encode_result`."""
+    """The inverse of :func:`encode_result` (also reads results written before the key
+    and partition columns were added)."""
     # ParquetFile.read without threads: ~4x cheaper than read_table for one small file
     # (no dataset machinery); callers decode many results in parallel instead
     table = pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False)
-    meta = table.schema.metadata or {}
-    if _META_KEY not in meta:
-        raise ValueError("not a constellation result: no sub-tile row in the Parquet metadata")
-    sub = pa.ipc.open_stream(base64.b64decode(meta[_META_KEY])).read_all()
+    subtile = decode_subtile_row(table.schema.metadata)
     sources = table.replace_schema_metadata(None)
+    if sources.num_columns != len(SOURCE_SCHEMA):  # drop the key and partition columns
+        sources = sources.select(SOURCE_SCHEMA.names)
     if not sources.schema.equals(_BARE_SOURCES):
         sources = sources.cast(_BARE_SOURCES)
-    # re-attach the field docs without copying data
     return SubTileResult(
-        subtile=pa.Table.from_batches(sub.to_batches(), SUBTILE_SCHEMA)
-        if sub.schema.equals(_BARE_SUBTILE)
-        else sub.cast(SUBTILE_SCHEMA),
-        sources=pa.Table.from_arrays(sources.columns, schema=SOURCE_SCHEMA),
+        subtile=subtile, sources=pa.Table.from_arrays(sources.columns, schema=SOURCE_SCHEMA)
     )
 
 
@@ -149,13 +211,15 @@ def write_result(
     subtile_row: dict[str, Any],
     sources: pa.Table,
     manifest_sha256: str = "",
+    partition_order: int = DEFAULT_PARTITION_ORDER,
 ) -> ResultMarker:
     """Write ``{subtile_dir}/result.parquet`` (atomically) and then its done marker.
 
     ``manifest_sha256`` (of the manifest bytes the result was computed from) lets a
     later run tell that the inputs changed although the config hash did not.
+    ``partition_order`` is ``science.healpix.partition_order`` (see :func:`encode_result`).
     """
-    payload = encode_result(subtile_row, sources)
+    payload = encode_result(subtile_row, sources, partition_order)
     marker = ResultMarker(
         config_hash=str(subtile_row["config_hash"]),
         run_id=str(subtile_row["run_id"]),

@@ -37,7 +37,7 @@ from constellation.results.schema import (
     SOURCE_PARAMETERS,
     SOURCE_SCHEMA,
 )
-from constellation.results.store import is_done, write_result
+from constellation.results.store import DEFAULT_PARTITION_ORDER, is_done, write_result
 from constellation.sky import healpix
 
 __all__ = ["InferOutcome", "infer_subtile", "subtile_dir_of"]
@@ -177,6 +177,7 @@ def infer_subtile(
     *,
     run_id: str,
     healpix_order: int,
+    partition_order: int = DEFAULT_PARTITION_ORDER,
     skip_done: bool = True,
     expected_config_hash: str | None = None,
 ) -> InferOutcome:
@@ -192,6 +193,9 @@ def infer_subtile(
         Recorded in every row.
     healpix_order
         Order of the sub-tile centre's HEALPix index (``science.healpix.source_order``).
+    partition_order
+        ``science.healpix.partition_order``: the result file carries the pixel of the
+        sub-tile centre at this order (the catalog's partition).
     skip_done
         Return ``done`` without running when an ``ok`` result of this backend from
         the same manifest bytes (hence the same config hash and inputs) exists.
@@ -248,7 +252,9 @@ def infer_subtile(
         run_id=run_id,
         healpix_order=healpix_order,
     )
-    write_result(storage, folder, row, rows, manifest_sha256=manifest_sha)
+    write_result(
+        storage, folder, row, rows, manifest_sha256=manifest_sha, partition_order=partition_order
+    )
     return InferOutcome(
         ident.tile_id,
         ident.row,

@@ -484,7 +484,13 @@ def prepare_tile(
         sources=dict(sci.shine.sources),
     )  # fmt: skip
 
-    def one(st: SubTile, pool: ThreadPoolExecutor) -> tuple[SubTileManifest, bytes, Future[bytes]]:
+    subtiles = tile.subtiles(grid)
+    # the exact overlap test of every footprint against every extended box, in one pass
+    overlaps = plane.intersecting_boxes([st.extended for st in subtiles])
+
+    def one(
+        st: SubTile, matched: NDArray[np.int64], pool: ThreadPoolExecutor
+    ) -> tuple[SubTileManifest, bytes, Future[bytes]]:
         core = part.core(st.row, st.col).astype(np.int64)
         ext = part.extended(st.row, st.col).astype(np.int64)
         member[rank[ext]] = True
@@ -498,7 +504,6 @@ def prepare_tile(
         # Arrow's take and Parquet encoding release the GIL: overlap them with the rest
         sources_future = pool.submit(_sources_bytes, combined, rows, in_core)
 
-        matched = plane.intersecting(st.extended) if len(plane) else np.empty(0, np.int64)
         if vis is not None and matched.size:
             matched = visible_quadrants(st, plane, matched, *vis, margin)
         chosen = sorted(matched.tolist(), key=lambda r: sort_key[r])
@@ -524,7 +529,7 @@ def prepare_tile(
         return manifest, dump_manifest(manifest), sources_future
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = [(st, *one(st, pool)) for st in tile.iter_subtiles(grid)]
+        pending = [(st, *one(st, m, pool)) for st, m in zip(subtiles, overlaps, strict=True)]
         return [
             PreparedSubTile(st.row, st.col, manifest, manifest_bytes, future.result())
             for st, manifest, manifest_bytes, future in pending

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from constellation import __version__
@@ -31,6 +35,7 @@ def test_assemble_commits_batches_and_reads_back(field: Field) -> None:
     assert report.batches == 7  # ceil(32 / 5)
     assert report.commits == 2 * 7  # one transaction per table per batch
     assert report.skipped_unchanged == report.unreadable == report.dropped_sources == 0
+    assert report.added_as_is == 32  # every result file became a data file byte for byte
 
     cat = field.catalog()
     sub = cat.read(SUBTILES)
@@ -47,11 +52,16 @@ def test_assemble_commits_batches_and_reads_back(field: Field) -> None:
     assert row["result_sha256"] == markers[(field.tiles[1].tile_id, 2, 3)].sha256
     got = src.filter(pc.equal(src.column(KEY_COLUMN), key))
     assert _rows(got) == _rows(written.sources)
-    # Partition pixels are the order-k parents of the order-29 indices.
+    # A source's partition pixel is the order-k parent of its sub-tile centre's index.
     k = cat.table_partition_order(SOURCES)
     assert k == field.settings.science.healpix.partition_order
-    hp = np.asarray(src.column("healpix"))
-    np.testing.assert_array_equal(np.asarray(src.column("partition_healpix")), hp >> 2 * (29 - k))
+    centre = dict(
+        zip(sub.column(KEY_COLUMN).to_pylist(), sub.column("healpix").to_pylist(), strict=True)
+    )
+    expected = [centre[key] >> 2 * (29 - k) for key in src.column(KEY_COLUMN).to_pylist()]
+    assert src.column("partition_healpix").to_pylist() == expected
+    # One data file per sub-tile, each in its sub-tile's partition.
+    assert len(cat.data_files(SOURCES)) == 32
     # One commit per batch, each with the run id, config hash and code version.
     snaps = cat.snapshots(SOURCES)
     assert len(snaps) == 7
@@ -172,6 +182,36 @@ def test_unreadable_and_foreign_rows(field: Field) -> None:
     assert report.subtiles_committed == 31
     src = field.catalog().read(SOURCES)
     assert src.num_rows == 30 * 20 + 4
+
+
+def test_result_of_an_older_layout_is_re_encoded(field: Field) -> None:
+    markers = field.write(n_sources=20)
+    tile = field.tiles[0].tile_id
+    directory = layout.subtile_dir(field.work, tile, 1, 1)
+    url = layout.join(directory, layout.RESULT_NAME)
+    table = pq.read_table(pa.BufferReader(field.storage.read_bytes(url)))
+    # As results were written before they took the table's layout: the source columns
+    # only, no field ids, the sub-tile row in the metadata.
+    bare = pa.schema([f.remove_metadata() for f in SOURCE_SCHEMA])
+    old = pa.Table.from_arrays(table.select(SOURCE_SCHEMA.names).columns, schema=bare)
+    buf = pa.BufferOutputStream()
+    pq.write_table(old.replace_schema_metadata(table.schema.metadata), buf)
+    payload = buf.getvalue().to_pybytes()
+    field.storage.write_bytes(url, payload)
+    marker = dataclasses.replace(markers[(tile, 1, 1)], sha256=hashlib.sha256(payload).hexdigest())
+    field.storage.write_bytes(layout.join(directory, layout.RESULT_DONE_NAME), marker.to_bytes())
+
+    report = assemble(field.settings)
+    assert report.subtiles_committed == 32
+    assert report.sources_committed == 32 * 20
+    assert report.added_as_is == 31
+    src = field.catalog().read(SOURCES)
+    got = src.filter(pc.equal(src.column(KEY_COLUMN), subtile_key(tile, 1, 1)))
+    assert _rows(got) == _rows(old)
+    assert set(got.column("partition_healpix").to_pylist()) == {
+        int(table.column("partition_healpix")[0].as_py())
+    }
+    assert assemble(field.settings).subtiles_committed == 0  # and it stays committed
 
 
 def test_assemble_cli(field: Field) -> None:

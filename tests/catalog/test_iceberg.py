@@ -8,16 +8,19 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from constellation.catalog.assemble import assemble
 from constellation.catalog.iceberg import (
+    BOUNDED_COLUMNS,
     KEY_COLUMN,
     PARTITION_COLUMN,
     SOURCES,
     SUBTILES,
     CommitConflictError,
     ShearCatalog,
+    WrittenFiles,
     catalog_properties,
     open_catalog,
     partition_pixels,
@@ -26,6 +29,7 @@ from constellation.catalog.iceberg import (
     subtile_key,
 )
 from constellation.config import ConfigError, Settings
+from constellation.manifest import layout
 from constellation.sky.healpix import coarsen, radec_to_index
 from tests.catalog.conftest import Field, make_field
 
@@ -203,3 +207,74 @@ def test_fresh_catalog_handle(tmp_path: Path) -> None:
     other: ShearCatalog = f.catalog()
     assert other.count(SOURCES) == 32
     assert other.count(SUBTILES) == 16
+
+
+def test_file_statistics_equal_pyiceberg(field: Field) -> None:
+    """The footer-to-metrics shortcut gives what pyiceberg computes, for the table's
+    metrics settings (bounds on identity/position columns only) and for pyiceberg's
+    defaults (truncated string bounds, every column), nulls included."""
+    from pyiceberg.io.pyarrow import (
+        compute_statistics_plan,
+        data_file_statistics_from_parquet_metadata,
+        parquet_path_to_id_mapping,
+    )
+
+    from constellation.catalog.iceberg import FileStatistics
+
+    field.write(field.tiles[:1], n_sources=50)
+    url = layout.result_url(field.work, field.tiles[0].tile_id, 1, 2)
+    data = field.storage.read_bytes(url)
+    with_nulls = pq.read_table(pa.BufferReader(data))
+    with_nulls = with_nulls.set_column(
+        with_nulls.schema.get_field_index("flux"),
+        with_nulls.schema.field("flux"),
+        pa.array([None] * 10 + with_nulls.column("flux").to_pylist()[10:], pa.float64()),
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(with_nulls, buf)
+    table = field.catalog().table(SOURCES)
+    schema = table.schema()
+    for props in (dict(table.properties), {}):
+        ours = FileStatistics(schema, props)
+        for payload in (data, buf.getvalue().to_pybytes()):
+            metadata = pq.read_metadata(pa.BufferReader(payload))
+            theirs = data_file_statistics_from_parquet_metadata(
+                parquet_metadata=metadata,
+                stats_columns=compute_statistics_plan(schema, props),
+                parquet_column_mapping=parquet_path_to_id_mapping(schema),
+            ).to_serialized_dict()
+            assert ours(metadata) == theirs
+    # Bounds kept by the table's settings: identity and position columns only.
+    footer = pq.read_metadata(pa.BufferReader(data))
+    bounded = FileStatistics(schema, dict(table.properties))(footer)
+    names = {schema.find_field(i).name for i in bounded["lower_bounds"]}
+    assert names == set(BOUNDED_COLUMNS)
+
+
+def test_replace_drops_whole_files_and_rewrites_shared_ones(field: Field) -> None:
+    """A sub-tile's own file is dropped without being read; from a file shared with other
+    sub-tiles (as compaction makes) only its rows are removed."""
+    field.write(field.tiles[:1], n_sources=4)
+    assemble(field.settings)
+    cat = field.catalog()
+    tile = field.tiles[0].tile_id
+    a, b, c = (subtile_key(tile, 0, col) for col in range(3))
+    # Merge the files of a, b and c into one (per partition), as a compaction would.
+    rows = cat.read(SOURCES, keys=[a, b, c]).select(cat.arrow_schema(SOURCES).names)
+    merged = cat.write_files(SOURCES, rows.sort_by(KEY_COLUMN))
+    cat.replace(SOURCES, [a, b, c], merged, {})
+    before = set(cat.data_files(SOURCES))
+    d = subtile_key(tile, 3, 3)
+    # Replace d (its own file) and b (inside the merged file) with no new rows.
+    empty = WrittenFiles(SOURCES, ())
+    cat.replace(SOURCES, [b, d], empty, {})
+    src = field.catalog().read(SOURCES)
+    keys = set(src.column(KEY_COLUMN).to_pylist())
+    assert not {b, d} & keys
+    assert {a, c} <= keys
+    assert src.num_rows == 16 * 4 - 2 * 4
+    after = set(field.catalog().data_files(SOURCES))
+    # Files of the 13 untouched sub-tiles are the same files; d's is gone; the merged
+    # one was rewritten (a new file holding a and c).
+    assert len(before - after) == 1 + len(merged.files)
+    assert len(after - before) == len(merged.files)

@@ -18,6 +18,7 @@ from constellation.discovery.match import match_tile
 from constellation.io.quadrant_lookup import (
     LookupStats,
     QuadrantIndexFile,
+    QuadrantIndexTable,
     box_disc,
     lookup_disc,
     lookup_subtile,
@@ -314,3 +315,32 @@ def test_benchmark_script_smoke(tmp_path: Path) -> None:
         zip(*(t.column(c).to_pylist() for c in ("obs_id", "dither", "quadrant")), strict=True)
     )
     assert len(keys) == t.num_rows
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_in_memory_table_selects_what_the_file_reads(
+    index: tuple[Path, pa.Table], exact: bool
+) -> None:
+    """``QuadrantIndexTable`` (binary searches in memory) returns what ``.box`` reads."""
+    path, table = index
+    mem = QuadrantIndexTable(table)
+    assert mem.num_rows == table.num_rows
+    n_rows = 0
+    with QuadrantIndexFile(None, path) as f:
+        for tile in TILES.values():
+            for box in (tile.reach_box(MARGIN), next(tile.iter_subtiles(GRID)).extended):
+                want = f.box(tile, box, ["obs_id"], exact=exact).column("obs_id").to_pylist()
+                got = mem.box(tile, box, ["obs_id"], exact=exact).column("obs_id").to_pylist()
+                assert got == want
+                rows = mem.box_rows(tile, box, exact=exact)
+                assert table.column("obs_id").take(pa.array(rows)).to_pylist() == want
+                n_rows += len(want)
+    assert n_rows > 100  # the comparison saw rows
+
+
+def test_in_memory_table_rejects_unsorted_rows() -> None:
+    table = synthetic_index()
+    with pytest.raises(ValueError, match="not sorted"):
+        QuadrantIndexTable(table.take(pa.array(np.arange(table.num_rows)[::-1])))
+    with pytest.raises(ValueError, match="lacks column"):
+        QuadrantIndexTable(table.drop_columns(["center_ra"]))

@@ -20,6 +20,7 @@ from astropy.wcs import WCS
 from numpy.typing import NDArray
 
 from constellation.discovery.match import (
+    PlaneFootprints,
     footprints_from_table,
     match_subtile,
     match_tile,
@@ -347,3 +348,58 @@ def test_match_far_side_and_empty() -> None:
         match_tile(tile, GRID, np.zeros((2, 4)), np.zeros((2, 5)))
     with pytest.raises(ValueError, match="pad_arcmin"):
         match_tile(tile, GRID, ra, dec, pad_arcmin=-1.0)
+
+
+def _kernel_hits(polygons: NDArray[np.float64], boxes: list[Box]) -> NDArray[np.bool_]:
+    from constellation.discovery._kernels import polygons_boxes
+
+    finite = np.isfinite(polygons).all(axis=(1, 2))
+    with np.errstate(invalid="ignore"):
+        lo = np.where(finite[:, None], polygons.min(axis=1), np.inf)
+        hi = np.where(finite[:, None], polygons.max(axis=1), -np.inf)
+    edges = np.array([[b.x_min, b.x_max, b.y_min, b.y_max] for b in boxes])
+    return np.asarray(polygons_boxes(np.ascontiguousarray(polygons), lo, hi, edges))
+
+
+def test_compiled_kernel_agrees_on_the_special_cases() -> None:
+    cases = [
+        poly((0.2, 0.2), (0.8, 0.2), (0.5, 0.8)),
+        poly((-1, 0.5), (2, 0.5), (2, 0.6)),
+        poly((1.0, 0.0), (2, 0), (2, 1)),
+        poly((1.0, -1.0), (2, -1), (1.0, 2.0)),
+        poly((1.1, -1.0), (2, -1), (1.1, 2.0)),
+        poly((1.6, 0.6), (0.6, 1.6), (2, 2)),
+        poly((np.nan, 0.2), (0.8, 0.2), (0.5, 0.8)),
+    ]
+    for p in cases:
+        for q in (p, p[:, ::-1]):
+            assert _kernel_hits(q, [BOX]).tolist() == [polygons_intersect_box(q, BOX).tolist()]
+    for p in (
+        poly((-5, -5), (5, -5), (5, 5), (-5, 5)),
+        poly((-1, -1), (3, -1), (3, -0.1), (-0.1, -0.1), (-0.1, 3), (-1, 3)),
+        poly((-1, -1), (-0.5, -1), (-0.5, 2.0), (2, 2), (2, 2.5), (-1, 2.5)),
+    ):
+        assert _kernel_hits(p, [BOX]).tolist() == [polygons_intersect_box(p, BOX).tolist()]
+
+
+def test_intersecting_boxes_equals_intersecting() -> None:
+    """The one-pass compiled test gives exactly the per-box numpy results."""
+    rng = np.random.default_rng(5)
+    tile = Tile(7, 359.9, -62.0)
+    # random quadrilaterals (quadrant-sized and smaller, some non-convex) around the tile
+    n = 400
+    cx, cy = rng.uniform(-19, 19, n), rng.uniform(-19, 19, n)
+    ang = np.sort(rng.uniform(0, 2 * np.pi, (n, 6)), axis=1)
+    rad = rng.uniform(0.3, 3.5, (n, 6))
+    x, y = cx[:, None] + rad * np.cos(ang), cy[:, None] + rad * np.sin(ang)
+    ra, dec = tile.to_sky(x.ravel(), y.ravel())
+    plane = PlaneFootprints(tile, ra.reshape(n, 6), dec.reshape(n, 6))
+    boxes = [st.extended for st in tile.iter_subtiles(GRID)] + [Box(-40, -39, 0, 1)]
+    got = plane.intersecting_boxes(boxes)
+    want = [plane.intersecting(b) for b in boxes]
+    assert sum(w.size for w in want) > 100  # the test has matches to compare
+    assert all(np.array_equal(g, w) for g, w in zip(got, want, strict=True))
+    assert (
+        PlaneFootprints(tile, np.empty((0, 4)), np.empty((0, 4))).intersecting_boxes(boxes)[0].size
+        == 0
+    )
