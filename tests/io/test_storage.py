@@ -73,6 +73,14 @@ def test_storage_from_config() -> None:
     s = storage_from_config(StorageConfig(anon=False, endpoint_url="http://127.0.0.1:9"))
     assert (s.anon, s.endpoint_url) == (False, "http://127.0.0.1:9")
     assert storage_from_config(StorageConfig()).anon is True
+    tuned = StorageConfig(
+        max_attempts=7, base_delay_s=0.5, max_delay_s=3.0, connect_timeout_s=2, read_timeout_s=5
+    )
+    t = storage_from_config(tuned)
+    assert (t.max_attempts, t.base_delay_s, t.max_delay_s) == (7, 0.5, 3.0)
+    config = t._options("s3")["config_kwargs"]
+    assert (config["connect_timeout"], config["read_timeout"]) == (2, 5)
+    assert storage_from_config(tuned, max_attempts=2).max_attempts == 2  # explicit wins
 
 
 # --------------------------------------------------------------------------- every backend
