@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 import yaml
 
@@ -140,7 +139,9 @@ def test_transient_s3_faults_are_retried_and_the_outputs_are_exact(
 def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
     s3_light_field: tuple[str, FieldSummary], proxy: FaultProxy, tmp_path: Path
 ) -> None:
+    from constellation.io.mer_catalogs import find_catalog
     from constellation.io.registry import resolve_registry
+    from constellation.stages.prepare import plan, run_one
 
     root, _ = s3_light_field
     settings = _settings(root, tmp_path / "work", proxy.url, max_attempts=3, **_FAST_RETRIES)
@@ -148,15 +149,10 @@ def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
     clean = Storage(endpoint_url=proxy.url)
     registry = resolve_registry(clean, f"{root}/q1/MER")
     tile = int(registry.tile_id[0])
-    from constellation.io.mer_catalogs import find_catalog
-
     info = find_catalog(clean, root, tile)
     assert info is not None
     key = "/" + info.url.removeprefix("s3://")
     proxy.reset(rule=lambda method, k, n: "503" if k == key else None)
-
-    from constellation.stages.prepare import plan, run_one
-
     item = next(i for i in plan(settings, registry) if i.tile.tile_id == tile)
     with pytest.raises(StorageError) as excinfo:
         run_one(item, storage)
@@ -174,13 +170,6 @@ def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
     with pytest.raises(StorageError, match=r"after 3 attempts.*Timeout"):
         storage.read_bytes(info.url)
     assert storage.stats.retries == 2
-
-
-def _table_bytes(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
 
 
 # --------------------------------------------------------------------------- Ray and pipeline
