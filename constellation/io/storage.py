@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import threading
 import time
@@ -516,16 +517,20 @@ class Storage:
         return sorted(self._to_url(url, str(n)) for n in names)
 
     def glob(self, pattern: str) -> list[str]:
-        """URLs matching a glob pattern (``*``, ``?``, ``[...]``, ``**``), sorted."""
+        """URLs matching a glob pattern (``*``, ``?``, ``[...]``, ``**``), sorted.
+
+        On an object store the answer is complete or an error, never a silently
+        shorter list: see :func:`_glob_complete`.
+        """
         fs, path = self._resolve(pattern)
-        names = self._call("glob", pattern, lambda: fs.glob(path))
+        names = self._call("glob", pattern, lambda: _glob_complete(fs, path, detail=False))
         return sorted(self._to_url(pattern, str(n)) for n in names)
 
     def glob_info(self, pattern: str) -> list[FileInfo]:
         """Like :meth:`glob`, with each match's size, type and ETag from the same listing
         (one request on an object store), sorted by URL."""
         fs, path = self._resolve(pattern)
-        found = self._call("glob", pattern, lambda: fs.glob(path, detail=True))
+        found = self._call("glob", pattern, lambda: _glob_complete(fs, path, detail=True))
         infos = [self._file_info(self._to_url(pattern, str(n)), raw) for n, raw in found.items()]
         return sorted(infos, key=lambda i: i.url)
 
@@ -628,6 +633,35 @@ class Storage:
         except FileNotFoundError:
             if not missing_ok:
                 raise
+
+
+_MAGIC = re.compile(r"[*?\[]")
+
+
+def _glob_complete(fs: Any, path: str, *, detail: bool) -> Any:
+    """``fs.glob(path, detail=detail)``, but for object stores from one recursive listing
+    of the pattern's fixed prefix, filtered by the pattern.
+
+    fsspec's glob walks a pattern folder by folder and *drops* a folder whose listing
+    fails (a 503, a timeout): its files would silently be missing from the answer
+    (fsspec's ``on_error`` does not reach the walk's sub-folders). A recursive listing
+    (s3fs: one paginated ``ListObjectsV2`` without a delimiter) either succeeds whole or
+    raises, and then the whole glob is retried. Local paths keep fsspec's glob.
+    """
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.utils import glob_translate
+
+    magic = _MAGIC.search(path)
+    if isinstance(fs, LocalFileSystem) or magic is None:
+        return fs.glob(path, detail=detail)
+    root = path[: magic.start()].rsplit("/", 1)[0]
+    try:
+        found = fs.find(root, withdirs=True, detail=True)
+    except FileNotFoundError:
+        found = {}
+    wanted = re.compile(glob_translate(path.rstrip("/")))
+    matches = {name: info for name, info in found.items() if wanted.match(name.rstrip("/"))}
+    return matches if detail else list(matches)
 
 
 def _current_umask() -> int:

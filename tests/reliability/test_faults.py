@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -170,6 +171,27 @@ def test_persistent_s3_faults_are_bounded_reported_and_leave_nothing(
     with pytest.raises(StorageError, match=r"after 3 attempts.*Timeout"):
         storage.read_bytes(info.url)
     assert storage.stats.retries == 2
+
+
+def test_listings_under_faults_are_complete_or_fail(
+    s3_client: Any, s3_bucket: str, proxy: FaultProxy
+) -> None:
+    """A glob over several folders must not come back shorter when one folder's listing
+    fails (fsspec's walk drops such a folder silently)."""
+    for i in range(30):
+        s3_client.put_object(
+            Bucket=s3_bucket, Key=f"q1/VIS/{i % 6}/EUC_VIS_SWL-DET-{i:03d}.fits", Body=b"x",
+            ACL="public-read",
+        )  # fmt: skip
+    proxy.reset(rates={"503": 0.3, "stall": 0.15, "truncate": 0.15})
+    storage = Storage(
+        endpoint_url=proxy.url, max_attempts=10, base_delay_s=0.01, read_timeout_s=0.3
+    )
+    sizes = [len(storage.glob_info(f"s3://{s3_bucket}/q1/VIS/*/*.fits")) for _ in range(8)]
+    sizes += [len(storage.glob(f"s3://{s3_bucket}/q1/*/*/EUC_*")) for _ in range(8)]
+    assert sizes == [30] * 16
+    assert proxy.total_injected >= 4  # seeded: the same faults every run
+    assert storage.stats.retries == proxy.total_injected
 
 
 # --------------------------------------------------------------------------- Ray and pipeline
