@@ -67,7 +67,9 @@ from pyiceberg.expressions import (
     And,
     BooleanExpression,
     EqualTo,
+    GreaterThanOrEqual,
     In,
+    LessThan,
     Or,
 )
 from pyiceberg.io.pyarrow import (
@@ -598,9 +600,11 @@ class ShearCatalog:
         keys: Iterable[int] | None = None,
         tiles: Iterable[int] | None = None,
         partitions: Iterable[int] | None = None,
+        healpix_range: tuple[int, int] | None = None,
     ) -> pa.Table:
-        """Rows of table ``name`` (all, or those of the given sub-tile keys, tiles or
-        partition pixels), optionally only some ``columns``."""
+        """Rows of table ``name`` (all, or those of the given sub-tile keys, tiles,
+        partition pixels and ``[lo, hi)`` range of ``healpix``), optionally only some
+        ``columns``."""
         key_list = None if keys is None else list(keys)
         tile_list = None if tiles is None else list(tiles)
         part_list = None if partitions is None else list(partitions)
@@ -610,8 +614,16 @@ class ShearCatalog:
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
             return schema.empty_table()
+        row_filter = self._filter(key_list, tile_list, part_list)
+        if healpix_range is not None:
+            lo, hi = (int(v) for v in healpix_range)
+            low = GreaterThanOrEqual(term="healpix", value=lo)
+            high = LessThan(term="healpix", value=hi)
+            row_filter = And(low, high) if isinstance(row_filter, AlwaysTrue) else (
+                And(row_filter, And(low, high))
+            )  # fmt: skip
         scan = self.table(name).scan(
-            row_filter=self._filter(key_list, tile_list, part_list),
+            row_filter=row_filter,
             selected_fields=tuple(columns) if columns is not None else ("*",),
         )
         return scan.to_arrow()
