@@ -1,0 +1,39 @@
+"""Shared set-up of the reliability tests: the CLI runner, logging restored after each
+command, and the check that a command failed cleanly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+from click.testing import Result
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI's root callback configures logging; undo it so other tests are unaffected."""
+    root = logging.getLogger()
+    own = logging.getLogger("constellation")
+    saved = (list(root.handlers), root.level, own.level)
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    own.setLevel(saved[2])
+
+
+def error_line(result: Result, *needles: str, code: int | None = None) -> str:
+    """The one stderr line holding every ``needle``, after checking the command failed
+    cleanly: a non-zero exit code (``code`` if given), no Python traceback, no exception
+    other than the exit itself."""
+    assert result.exit_code != 0, result.output
+    if code is not None:
+        assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(
+        result.exception
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    hits = [line for line in lines if all(n in line for n in needles)]
+    assert hits, f"no stderr line with all of {needles!r}:\n{result.stderr}"
+    return hits[0]
