@@ -22,10 +22,10 @@ def _restore_logging() -> Iterator[None]:
     own.setLevel(saved[2])
 
 
-def error_line(result: Result, *needles: str, code: int | None = None) -> str:
+def error_line(result: Result, *needles: str, code: int | None = None, sole: bool = False) -> str:
     """The one stderr line holding every ``needle``, after checking the command failed
     cleanly: a non-zero exit code (``code`` if given), no Python traceback, no exception
-    other than the exit itself."""
+    other than the exit itself; with ``sole``, that line is all of stderr."""
     assert result.exit_code != 0, result.output
     if code is not None:
         assert result.exit_code == code, result.output
@@ -36,4 +36,6 @@ def error_line(result: Result, *needles: str, code: int | None = None) -> str:
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     hits = [line for line in lines if all(n in line for n in needles)]
     assert hits, f"no stderr line with all of {needles!r}:\n{result.stderr}"
+    if sole:
+        assert lines == hits[:1], result.stderr
     return hits[0]
