@@ -24,7 +24,7 @@ from constellation.cli import app
 from constellation.io.quadrant_index import read_quadrant_index
 from constellation.io.storage import Storage
 from constellation.manifest import layout
-from tests.reliability.conftest import error_line
+from tests.reliability.checks import error_line
 
 runner = CliRunner()
 

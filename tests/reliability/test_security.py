@@ -22,7 +22,7 @@ from constellation.config import Settings, load_config
 from constellation.io.storage import storage_from_config
 from constellation.manifest import layout
 from constellation.manifest.subtile import ManifestError, load_yaml_subset, parse_manifest
-from tests.reliability.conftest import error_line
+from tests.reliability.checks import error_line
 
 runner = CliRunner()
 

@@ -1,25 +1,8 @@
-"""Shared set-up of the reliability tests: the CLI runner, logging restored after each
-command, and the check that a command failed cleanly."""
+"""What the reliability tests share: the check that a command failed cleanly."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-
-import pytest
 from click.testing import Result
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI's root callback configures logging; undo it so other tests are unaffected."""
-    root = logging.getLogger()
-    own = logging.getLogger("constellation")
-    saved = (list(root.handlers), root.level, own.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    own.setLevel(saved[2])
 
 
 def error_line(result: Result, *needles: str, code: int | None = None, sole: bool = False) -> str:
