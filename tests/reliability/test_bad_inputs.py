@@ -178,16 +178,13 @@ def _no_xtension(data: bytes) -> bytes:
 
 @pytest.fixture
 def vis_prefix(field: Field, tmp_path: Path) -> tuple[Path, Path, Path]:
-    """A VIS prefix with two exposures of one observation (DET, BKG, PSF): the good one
-    and the one a test will spoil."""
+    """A VIS prefix with the DET files of two exposures (without their BKG and PSF files,
+    which the index does not need): the good one and the one a test will spoil."""
     src = next((field.data / "q1" / "VIS").iterdir())
     dest = tmp_path / "VIS" / src.name
     dest.mkdir(parents=True)
     dets = sorted(src.glob("EUC_VIS_SWL-DET-*.fits"))[:2]
-    keep = [*dets, *src.glob("EUC_VIS_GRD-PSF-*.fits")]
-    for det in dets:
-        keep += src.glob(det.name.split("__")[0].replace("-DET-", "-BKG-") + "__*.fits")
-    for f in keep:
+    for f in dets:
         shutil.copy(f, dest / f.name)
     return tmp_path / "VIS", dest / dets[0].name, dest / dets[1].name
 

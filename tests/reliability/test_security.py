@@ -148,14 +148,15 @@ def test_planted_credentials_are_used_and_never_written(
     work = tmp_path / "work"
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({
-        "science": {"backend": {"name": "mock"}, "tiling": {"n_rows": 2, "n_cols": 2}},
+        "science": {"backend": {"name": "mock", "mock": {"mode": "random"}},
+                    "tiling": {"n_rows": 2, "n_cols": 2}},
         "runtime": {"storage": {
             "data_uri": f"s3://{s3_bucket}/input", "work_uri": str(work),
             "anon": False, "endpoint_url": s3_endpoint,
         }},
     }))  # fmt: skip
+    _simulate_small_field(load_config(config))
     steps = [
-        ["simulate", "--tiles", "1x1", "--density", "1", "--binning", "64"],
         ["-vvv", "tiles", "resolve"],  # library debug logs too (botocore's among them)
         ["index", "--workers", "4"],
         ["prepare"],
@@ -170,7 +171,7 @@ def test_planted_credentials_are_used_and_never_written(
         res = runner.invoke(app, [*verbosity, "-c", str(config), *step])
         assert res.exit_code == 0, (step, res.output)
         printed += [res.stdout, res.stderr]
-    assert "inferred 4 sub-tiles with mock" in printed[8]
+    assert "inferred 4 sub-tiles with mock" in printed[6]
 
     settings = load_config(config)
     assert len(list(work.glob("tiles/*/subtiles/*/_RESULT.json"))) == 4
@@ -190,6 +191,26 @@ def test_planted_credentials_are_used_and_never_written(
     if hits := planted.found_in(json.dumps(_prefect_parameters(config))):
         leaks["prefect flow parameters"] = hits
     assert leaks == {}
+
+
+def _simulate_small_field(settings: Settings) -> None:
+    """The simulate stage for one tile and one exposure (its VIS files, the PSF, the MER
+    mosaic and catalog), written through the configured, credentialed storage: a whole
+    field would cost seconds of local S3 traffic that this test does not need."""
+    import dataclasses
+
+    from constellation.simulate import FieldSpec
+    from constellation.simulate.field import plan_field
+    from constellation.simulate.sources import draw_sources
+    from constellation.simulate.writers import write_field_files
+
+    spec = FieldSpec(n_tiles_ra=1, n_tiles_dec=1, density_per_arcmin2=1.0, light_binning=64)
+    plan = plan_field(spec)
+    sources = draw_sources(plan)
+    plan = dataclasses.replace(plan, exposures=plan.exposures[:1])
+    storage = storage_from_config(settings.runtime.storage)
+    assert storage.anon is False
+    write_field_files(plan, sources, storage, settings.runtime.storage.data_uri)
 
 
 def _prefect_parameters(config: Path) -> list[dict[str, Any]]:
