@@ -13,6 +13,7 @@ it against a compaction, and drive the CLI.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -20,30 +21,41 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from typer.testing import CliRunner
 
+from constellation.catalog.assemble import assemble
 from constellation.catalog.iceberg import (
     KEY_COLUMN,
     PARTITION_COLUMN,
     SOURCES,
+    SUBTILES,
     ShearCatalog,
     open_catalog,
     partition_pixels,
+    subtile_key,
 )
 from constellation.catalog.maintenance import (
     compact_table,
     expire_snapshots,
+    maintain,
     table_stats,
 )
-from constellation.catalog.synthetic import synthetic_tiles
+from constellation.catalog.synthetic import synthetic_result, synthetic_tiles
+from constellation.cli import app
 from constellation.config import Settings
+from constellation.manifest import layout
 from constellation.results.schema import SOURCE_PARAMETERS, SOURCE_SCHEMA
+from constellation.results.store import write_result
 from constellation.sky.healpix import radec_to_index
 from constellation.sky.tiling import SubTileGrid
+from tests.catalog.conftest import Field
 
 GRID = SubTileGrid(4, 4, 1.0)
 N_SIDE = 25  # 25 x 25 tiles of 4 x 4 sub-tiles: 10,000 sub-tiles
 SOURCES_PER_SUBTILE = 2
 SORT = [(KEY_COLUMN, "ascending"), ("object_id", "ascending")]
+SORT_KEY = {SOURCES: SORT, SUBTILES: [(KEY_COLUMN, "ascending")]}
+runner = CliRunner()
 
 
 def _source_rows(seed: int) -> pa.Table:
@@ -175,3 +187,104 @@ def test_compaction_of_10000_subtiles(big: tuple[ShearCatalog, pa.Table]) -> Non
     assert expired.files_deleted > len(gone)  # the small files, manifests, manifest lists
     assert not any(os.path.exists(p.removeprefix("file://")) for p in gone)
     assert catalog.read(SOURCES).sort_by(SORT).equals(full)
+
+
+# --------------------------------------------------------------------------- real assembly
+
+
+def _assembled(field: Field, *, again: bool) -> ShearCatalog:
+    """The field's 32 sub-tiles (20 sources each) assembled 8 per commit; with ``again``,
+    one tile re-inferred and re-assembled (its rows replaced)."""
+    field.write(n_sources=20)
+    assemble(field.settings, batch_size=8)
+    if again:
+        field.write([field.tiles[0]], n_sources=20, seed=1)
+        assemble(field.settings, batch_size=8)
+    return field.catalog()
+
+
+def _rewrite_one(field: Field, seed: int) -> int:
+    """Re-infer one sub-tile (new values), as a concurrent pipeline would; its key."""
+    st = next(iter(field.tiles[1].iter_subtiles(GRID)))
+    rng = np.random.default_rng([seed, st.tile_id])
+    res = synthetic_result(st, n_sources=20, rng=rng, config_hash=field.settings.config_hash)
+    write_result(field.storage, layout.subtile_dir(field.work, st.tile_id, st.row, st.col),
+                 res.row, res.sources)  # fmt: skip
+    return subtile_key(st.tile_id, st.row, st.col)
+
+
+def _cli(field: Field, *args: str, code: int = 0) -> str:
+    result = runner.invoke(app, ["-c", str(field.config_path), "catalog", *args])
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def test_maintain_an_assembled_catalog(field: Field) -> None:
+    """The CLI and :func:`maintain` on a catalog made by the assembler; assembly goes on
+    over the compacted files."""
+    catalog = _assembled(field, again=True)
+    expected = {name: catalog.read(name).sort_by(SORT_KEY[name]) for name in SORT_KEY}
+    files = {name: len(catalog.data_files(name)) for name in SORT_KEY}
+    snapshots = {name: len(catalog.snapshots(name)) for name in SORT_KEY}
+    assert "sources:" in _cli(field, "status")
+    assert "would compact" in _cli(field, "compact", "--table", "sources", "--dry-run")
+    assert len(field.catalog().data_files(SOURCES)) == files[SOURCES]
+    assert "after" in _cli(field, "compact", "--table", "sources")
+    compacted = len(field.catalog().data_files(SOURCES))
+    assert compacted < files[SOURCES]
+    assert "unknown table" in _cli(field, "compact", "--table", "nope", code=2)
+    _cli(field, "expire", "--table", "sources", "--older-than-days", "0", "--retain-last", "2",
+         "--no-orphans")  # fmt: skip
+    assert len(field.catalog().snapshots(SOURCES)) == 2
+    # an orphan: data files written by an assembler that died before committing
+    key0 = expected[SOURCES].column(KEY_COLUMN)[0].as_py()
+    orphans = catalog.write_files(SOURCES, catalog.read(SOURCES, keys=[key0]))
+    orphan_paths = [f.file_path.removeprefix("file://") for f in orphans.files]
+    old = time.time() - 7200
+    os.utime(orphan_paths[0], (old, old))  # old enough; any other is young and kept
+    report = maintain(
+        field.catalog(), storage=field.storage, older_than=timedelta(0), retain_last=1,
+        orphan_min_age=timedelta(hours=1),
+    )  # fmt: skip
+    assert report.before[SOURCES].data_files == compacted
+    assert report.after[SUBTILES].data_files < files[SUBTILES]
+    # its compaction commit is the one snapshot left
+    assert report.expire[SUBTILES].snapshots_expired == snapshots[SUBTILES]
+    for name in SORT_KEY:
+        assert report.after[name].snapshots == 1
+        assert field.catalog().read(name).sort_by(SORT_KEY[name]).equals(expected[name])
+    assert report.orphans[SOURCES].orphans == 1
+    assert not os.path.exists(orphan_paths[0])
+    assert all(os.path.exists(p) for p in orphan_paths[1:])
+    assert report.orphans[SUBTILES].orphans == 0
+    # the assembler goes on over compacted files: a re-inferred sub-tile is replaced
+    key = _rewrite_one(field, seed=5)
+    assert assemble(field.settings).subtiles_committed == 1
+    rows = field.catalog().read(SOURCES)
+    assert rows.num_rows == expected[SOURCES].num_rows
+    assert pc.count_distinct(rows.column("object_id")).as_py() == rows.num_rows
+    changed = rows.filter(pc.equal(rows.column(KEY_COLUMN), key)).sort_by(SORT)
+    before = expected[SOURCES].filter(pc.equal(expected[SOURCES].column(KEY_COLUMN), key))
+    assert changed.num_rows == before.num_rows
+    assert not changed.column("ra").equals(before.sort_by(SORT).column("ra"))
+
+
+def test_compaction_against_a_concurrent_assembler(field: Field) -> None:
+    catalog = _assembled(field, again=False)
+    state: dict[str, object] = {}
+
+    def race() -> None:
+        # The first commit attempt finds that an assembler replaced a sub-tile meanwhile.
+        if state:
+            return
+        state["key"] = _rewrite_one(field, seed=7)
+        assert assemble(field.settings).subtiles_committed == 1
+        state["expected"] = field.catalog().read(SOURCES).sort_by(SORT)
+
+    report = compact_table(catalog, SOURCES, before_commit=race)
+    assert report.conflicts >= 1
+    assert report.partitions_conflicted >= 1  # the re-committed sub-tile's pixel(s)
+    assert report.partitions_compacted >= 1  # the others, rebuilt on the new snapshot
+    assert report.commits == 1
+    rows = field.catalog().read(SOURCES).sort_by(SORT)
+    assert rows.equals(state["expected"])  # nothing lost, nothing duplicated
