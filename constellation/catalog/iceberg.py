@@ -137,6 +137,7 @@ __all__ = [
     "DataFile",
     "DataFileWriter",
     "FileStatistics",
+    "LocalOrigin",
     "ShearCatalog",
     "SnapshotInfo",
     "WrittenFiles",
@@ -881,6 +882,40 @@ class ShearCatalog:
 # --------------------------------------------------------------------------- data files
 
 
+@dataclass(frozen=True)
+class LocalOrigin:
+    """A local file as it was read: path, device and inode (see
+    :meth:`DataFileWriter.add`)."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def read(cls, path: Path) -> tuple[bytes, LocalOrigin]:
+        """The content of ``path`` and where it came from."""
+        with open(path, "rb") as f:
+            data = f.read()
+            stat = os.fstat(f.fileno())
+        return data, cls(path, stat.st_dev, stat.st_ino)
+
+
+def _link_same_file(origin: LocalOrigin, target: Path) -> bool:
+    """Hard-link ``origin.path`` at ``target``; True when ``target`` is now the file that
+    was read (else nothing is left at ``target``)."""
+    try:
+        os.link(origin.path, target)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.ENOENT):
+            return False
+        raise
+    stat = os.stat(target)
+    if (stat.st_dev, stat.st_ino) == (origin.device, origin.inode):
+        return True
+    target.unlink()  # the result was replaced after it was read: write what was read
+    return False
+
+
 def _may_hold(manifest: ManifestFile, pixels: set[int]) -> bool:
     """Whether a manifest's partition summary admits any of ``pixels``."""
     summaries = manifest.partitions or []
@@ -1030,8 +1065,6 @@ class DataFileWriter:
         self._counter = itertools.count()
         self._folders: set[str] = set()
         self._partitions: dict[int, tuple[str | None, PartitionKey]] = {}
-        data_root = local_path(f"{meta.location.rstrip('/')}/data")
-        self._staging = None if data_root is None else data_root / ".staging"
         self.arrow_schema = _file_schema(self._schema)
         buf = pa.BufferOutputStream()
         pq.write_table(self.arrow_schema.empty_table(), buf)
@@ -1078,32 +1111,6 @@ class DataFileWriter:
         columns, types and field ids exactly."""
         return bool(metadata.schema.equals(self.parquet_schema))
 
-    def link(self, url: str) -> Path | None:
-        """Hard-link the local file ``url`` into the table's data folder under a
-        temporary name, or None when either is not local or they are on different file
-        systems. Read the file from the link: its content cannot change any more (result
-        files are replaced by renaming, never rewritten in place), so what is checked is
-        what is committed. Then :meth:`add` it, or :meth:`discard` it."""
-        source = local_path(url)
-        if source is None or self._staging is None:
-            return None
-        self._ensure_folder(self._staging)
-        staged = self._staging / f"{uuid.uuid4().hex}.parquet"
-        try:
-            os.link(source, staged)
-        except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                return None
-            raise
-        return staged
-
-    @staticmethod
-    def discard(staged: Path | None) -> None:
-        """Remove a link made by :meth:`link` (no-op for None)."""
-        if staged is not None:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
-
     def _ensure_folder(self, folder: Path) -> None:
         name = str(folder)
         if name not in self._folders:
@@ -1111,11 +1118,22 @@ class DataFileWriter:
             self._folders.add(name)
 
     def add(
-        self, data: bytes, metadata: pq.FileMetaData, pixel: int, staged: Path | None = None
+        self,
+        data: bytes,
+        metadata: pq.FileMetaData,
+        pixel: int,
+        origin: LocalOrigin | None = None,
     ) -> DataFile:
         """Store the Parquet file ``data`` (whose footer is ``metadata``; see
-        :meth:`accepts`) byte for byte as a data file of partition ``pixel``: by renaming
-        its :meth:`link` ``staged`` when given, else by writing it."""
+        :meth:`accepts`) byte for byte as a data file of partition ``pixel``.
+
+        With ``origin`` (the local file ``data`` was read from) and a local warehouse on
+        the same file system, the file is hard-linked instead of written, and kept only
+        if the link is the very file that was read (same inode): result files are
+        replaced by renaming, never rewritten in place, so that file still holds
+        ``data``. Otherwise (another file system, or the result replaced meanwhile)
+        ``data`` is written.
+        """
         if not self.accepts(metadata):
             raise ValueError(f"{self.identifier}: the file's schema is not the table's")
         path, key = self._location(pixel)
@@ -1123,13 +1141,11 @@ class DataFileWriter:
         if local is None:
             with self._io.new_output(path).create(overwrite=True) as stream:
                 stream.write(data)
-        else:
-            self._ensure_folder(local.parent)
-            if staged is not None:
-                os.replace(staged, local)
-            else:  # ~5x cheaper than through the FileIO for a file of ~150 kB
-                with open(local, "wb") as f:
-                    f.write(data)
+            return self._data_file(path, key, metadata, len(data))
+        self._ensure_folder(local.parent)
+        if origin is None or not _link_same_file(origin, local):
+            with open(local, "wb") as f:  # ~5x cheaper than through the FileIO for ~150 kB
+                f.write(data)
         return self._data_file(path, key, metadata, len(data))
 
     def write(self, data: pa.Table, pixel: int) -> DataFile:
