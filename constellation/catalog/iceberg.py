@@ -143,6 +143,7 @@ __all__ = [
     "WrittenFiles",
     "catalog_properties",
     "iceberg_schema",
+    "is_locked",
     "open_catalog",
     "partition_pixels",
     "sources_arrow_schema",
@@ -213,6 +214,9 @@ _TABLE_PROPERTIES = {
     "write.parquet.compression-codec": "zstd",
     "commit.retry.num-retries": "0",
     "write.metadata.metrics.default": "counts",
+    # every commit writes a new metadata file listing all snapshots: keep the last 100
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
     **{f"write.metadata.metrics.column.{c}": "full" for c in BOUNDED_COLUMNS},
 }
 
@@ -353,7 +357,7 @@ def open_catalog(settings: Settings) -> ShearCatalog:
     )
 
 
-def _is_locked(exc: BaseException) -> bool:
+def is_locked(exc: BaseException) -> bool:
     """SQLite's answer to concurrent writers (``database is locked``)."""
     return "database is locked" in str(exc)
 
@@ -364,7 +368,7 @@ def _retry_locked(fn: Callable[[], _T], attempts: int = 20) -> _T:
         try:
             return fn()
         except Exception as exc:
-            if not _is_locked(exc) or i == attempts - 1:
+            if not is_locked(exc) or i == attempts - 1:
                 raise
             time.sleep(0.05 * (i + 1))
     raise AssertionError("unreachable")
@@ -870,7 +874,7 @@ class ShearCatalog:
             self.refresh()
             raise CommitConflictError(f"{self.identifier(name)}: {exc}") from exc
         except Exception as exc:
-            if _is_locked(exc):
+            if is_locked(exc):
                 self.refresh()
                 raise CommitConflictError(f"{self.identifier(name)}: {exc}") from exc
             raise

@@ -67,7 +67,7 @@ from constellation.catalog.iceberg import (
     SOURCES,
     SUBTILES,
     ShearCatalog,
-    _is_locked,
+    is_locked,
 )
 from constellation.io.storage import Storage
 
@@ -458,7 +458,7 @@ def _commit_group(
         except (CommitFailedException, ValidationException) as exc:
             conflict: Exception = exc
         except Exception as exc:
-            if not _is_locked(exc):
+            if not is_locked(exc):
                 _delete_files(table, (f for p in remaining for f in written[p.pixel]))
                 raise
             conflict = exc
