@@ -78,6 +78,7 @@ from constellation.results.schema import partition_pixel
 from constellation.results.store import (
     ResultMarker,
     decode_result,
+    read_footer,
     read_marker,
     subtile_record,
     subtile_rows,
@@ -333,7 +334,7 @@ def _prepare_one(
             data = storage.read_bytes(url)
         else:
             data, origin = LocalOrigin.read(local)
-        metadata = pq.read_metadata(pa.BufferReader(data))
+        metadata = read_footer(data)
         sub = subtile_record(metadata.metadata)
         ident = (sub["tile_id"], sub["subtile_row"], sub["subtile_col"])
         expected = (ref.tile_id, ref.row, ref.col)
