@@ -94,12 +94,20 @@ INPUTS = [
         "config default map_config.num_steps (H200 fits of 27-34 galaxies settled"
         " in 300-500 steps; one of 64 had not after 1000)",
     ),
-    # catalog (docs/catalog.md) -- LEAD: update assembly_rows_per_s when the assembler improves
+    # catalog (docs/catalog.md)
     Input("sources", 1.5e9, "assumption: issue #10, ~1.5e9 sources"),
-    Input("source_row_bytes", 109, "measured: docs/catalog.md, 109 MB / 1e6 rows"),
-    Input("assembly_rows_per_s", 237_000, "measured: docs/catalog.md (2-core machine)"),
+    Input("source_row_bytes", 150, "measured: docs/catalog.md, 142.6 MiB / 1e6 rows"),
+    Input(
+        "assembly_rows_per_s",
+        1_000_000,
+        "measured: docs/catalog.md, 1.01-1.24e6 on a 2-core machine (lower end, rounded)",
+    ),
     Input("assembly_batch_subtiles", 1000, "assembler default batch"),
-    Input("files_per_batch", 100, "docs/catalog.md: 40-100 sources files + a few subtiles files"),
+    Input(
+        "files_per_batch",
+        1004,
+        "docs/catalog.md: one sources file per sub-tile + ~4 subtiles files per batch",
+    ),
     Input("compaction_target_mb", 256, "assumption: compacted file size"),
     # money and time -- assumptions, AWS us-east-1 list prices as of 2025-06
     Input("gpu_ondemand_usd", 1.006, "assumption: g5.xlarge on-demand $/h (us-east-1, 2025-06)"),
@@ -339,7 +347,7 @@ def project(a: argparse.Namespace) -> list[tuple[str, str, float, str, str]]:
     add("Iceberg", "mean file size before compaction", table_gb * 1e3 / files, "MB", "")
     add(
         "Iceberg",
-        "assembly time (LEAD: update rows/s)",
+        "assembly time",
         a.sources / a.assembly_rows_per_s / 3600,
         "h",
         "sources / assembly rows per s",
