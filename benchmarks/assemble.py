@@ -3,6 +3,7 @@
 Run from the repository root::
 
     uv run python benchmarks/assemble.py [--quick] [--subtiles N] [--sources N] [--batch-size N]
+        [--workers N]
 
 Set-up (not timed): ``--subtiles`` results (default 1000, the first sub-tiles of a
 block of 4 x 4-sub-tile tiles) of ``--sources`` core sources each (default 1000),
@@ -27,6 +28,8 @@ Prints ``name=value`` lines:
     ``subtiles`` gets the same number).
 ``assemble_data_files``, ``assemble_data_mb``
     Data files written (both tables) and their size.
+``assemble_added_as_is``
+    Result files committed byte for byte (hard-linked), not decoded and re-encoded.
 ``assemble_baseline_rss_mb``, ``assemble_peak_rss_mb``
     Resident memory before the call and the process peak after it.
 ``decode_result_ms``
@@ -52,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from constellation.catalog.assemble import assemble
+from constellation.catalog.assemble import DEFAULT_BATCH_SIZE, assemble
 from constellation.catalog.iceberg import SOURCES, SUBTILES, open_catalog
 from constellation.catalog.synthetic import synthetic_result, synthetic_tiles
 from constellation.config import Settings
@@ -104,7 +107,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="48 sub-tiles x 200 sources")
     parser.add_argument("--subtiles", type=int, default=1000)
     parser.add_argument("--sources", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--workers", type=int, default=None)
     args = parser.parse_args()
     n_sub, n_src, batch = args.subtiles, args.sources, args.batch_size
@@ -178,6 +181,7 @@ def main() -> None:
         "assemble_batches": report.batches,
         "assemble_commits": len(commits),
         "assemble_data_files": report.data_files,
+        "assemble_added_as_is": report.added_as_is,
         "assemble_data_mb": f"{data_mb / 2**20:.1f}",
         "assemble_baseline_rss_mb": f"{baseline:.0f}",
         "assemble_peak_rss_mb": f"{peak:.0f}",

@@ -75,12 +75,39 @@ INPUTS = [
     Input("layers_per_crop", 4, "SCI, RMS, FLG, BKG rows (constellation/inference/shine.py)"),
     Input("requests_per_pair", 9, "4 headers + 4 row ranges + 1 PSF grid per quadrant exposure"),
     Input("psf_bytes", 142_884, "189 x 189 float32 PSF grid (EUCLID_FACTS B.6)"),
-    # catalog (docs/catalog.md) -- LEAD: update assembly_rows_per_s when the assembler improves
+    # GPU time per MAP step (docs/shine.md, "Measured on a GPU (H200)")
+    Input(
+        "gpu_ms_per_slot_exposure",
+        0.30,
+        "measured on one H200: docs/shine.md, MAP step / (source slots x exposures)"
+        " at the default sub-tile's 6272 x 6272 px padded image (0.23-0.30;"
+        " 0.08-0.11 at 1408 x 1408)",
+    ),
+    Input(
+        "extended_area_ratio",
+        1.604,
+        "geometry: (9.5'/7.5')^2, extended box over core of a 4x4 sub-tile, 1' margin",
+    ),
+    Input(
+        "map_steps",
+        1000,
+        "config default map_config.num_steps (H200 fits of 27-34 galaxies settled"
+        " in 300-500 steps; one of 64 had not after 1000)",
+    ),
+    # catalog (docs/catalog.md)
     Input("sources", 1.5e9, "assumption: issue #10, ~1.5e9 sources"),
-    Input("source_row_bytes", 109, "measured: docs/catalog.md, 109 MB / 1e6 rows"),
-    Input("assembly_rows_per_s", 237_000, "measured: docs/catalog.md (2-core machine)"),
+    Input("source_row_bytes", 150, "measured: docs/catalog.md, 142.6 MiB / 1e6 rows"),
+    Input(
+        "assembly_rows_per_s",
+        1_000_000,
+        "measured: docs/catalog.md, 1.01-1.24e6 on a 2-core machine (lower end, rounded)",
+    ),
     Input("assembly_batch_subtiles", 1000, "assembler default batch"),
-    Input("files_per_batch", 100, "docs/catalog.md: 40-100 sources files + a few subtiles files"),
+    Input(
+        "files_per_batch",
+        1004,
+        "docs/catalog.md: one sources file per sub-tile + ~4 subtiles files per batch",
+    ),
     Input("compaction_target_mb", 256, "assumption: compacted file size"),
     # money and time -- assumptions, AWS us-east-1 list prices as of 2025-06
     Input("gpu_ondemand_usd", 1.006, "assumption: g5.xlarge on-demand $/h (us-east-1, 2025-06)"),
@@ -257,6 +284,43 @@ def project(a: argparse.Namespace) -> list[tuple[str, str, float, str, str]]:
             "",
             "GPU-hours / campaign hours (Ray cluster size, 1 GPU per task)",
         )
+    # GPU at the rate measured on an H200 (docs/shine.md): SHINE renders every source
+    # slot in every exposure, so a step costs slots x exposures x the measured rate
+    slots = add(
+        "GPU (MAP, H200 rate)",
+        "source slots per sub-tile",
+        a.sources / a.subtiles * a.extended_area_ratio,
+        "",
+        "sources / sub-tiles x extended_area_ratio (all modelled: upper bound)",
+    )
+    step_s = add(
+        "GPU (MAP, H200 rate)",
+        "s per MAP step (extrapolated)",
+        slots * a.pairs_per_subtile * a.gpu_ms_per_slot_exposure / 1e3,
+        "s",
+        "slots x pairs_per_subtile x gpu_ms_per_slot_exposure",
+    )
+    h200_h = add(
+        "GPU (MAP, H200 rate)",
+        "H200-hours per sub-tile (extrapolated)",
+        step_s * a.map_steps / 3600,
+        "GPU-h",
+        f"s per step x {a.map_steps:g} steps (map_steps)",
+    )
+    survey_h200_h = add(
+        "GPU (MAP, H200 rate)",
+        "H200-hours for the survey (extrapolated)",
+        h200_h * a.subtiles,
+        "GPU-h",
+        "per sub-tile x sub-tiles",
+    )
+    add(
+        "GPU (MAP, H200 rate)",
+        f"H200s for {a.days:g} days (extrapolated)",
+        survey_h200_h / (24 * a.days),
+        "",
+        "GPU-hours / campaign hours",
+    )
     # catalog
     batches = add(
         "Iceberg",
@@ -283,7 +347,7 @@ def project(a: argparse.Namespace) -> list[tuple[str, str, float, str, str]]:
     add("Iceberg", "mean file size before compaction", table_gb * 1e3 / files, "MB", "")
     add(
         "Iceberg",
-        "assembly time (LEAD: update rows/s)",
+        "assembly time",
         a.sources / a.assembly_rows_per_s / 3600,
         "h",
         "sources / assembly rows per s",
@@ -332,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     for group, what, value, unit, how in rows:
         print(f"| {group} | {what} | {_fmt(value)} | {unit} | {how} |")
     print()
-    print("Inputs (measured or assumed):")
+    print("Inputs (the options of `benchmarks/projections.py`):")
     print()
     print("| input | value | source |")
     print("|---|---|---|")

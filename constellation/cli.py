@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from constellation import __version__
 from constellation.commands import config as config_commands
-from constellation.commands import tiles
+from constellation.commands import maintain, tiles
 from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
 from constellation.commands.catalog import assemble, report, validate
 from constellation.commands.index import index
@@ -50,6 +50,7 @@ app = typer.Typer(
 )
 app.add_typer(tiles.app, name="tiles")
 app.add_typer(config_commands.app, name="config")
+app.add_typer(maintain.app, name="catalog")
 app.command("simulate")(simulate)
 app.command("index")(index)
 app.command("prepare")(prepare)

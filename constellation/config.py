@@ -19,9 +19,11 @@ one readable :class:`ConfigError`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
     BaseSettings,
@@ -312,6 +314,27 @@ class ScienceConfig(_Section):
 
 # --------------------------------------------------------------------------- runtime
 
+# Keys that hold credentials in pyiceberg / fsspec / SQLAlchemy property maps.
+_CREDENTIAL_KEY = re.compile(
+    r"secret|password|passwd|token|credential|access-key|access_key|account-key|account_key"
+    r"|sas|private|api-key|api_key|apikey",
+    re.IGNORECASE,
+)
+# ``scheme://user:password@host``: a password written into a URL.
+_URL_PASSWORD = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:[^/@]+@")
+
+CREDENTIALS_ADVICE = (
+    "credentials belong in the environment (the AWS chain; PYICEBERG_CATALOG__<NAME>__<KEY> "
+    "for catalog properties), never in the configuration: see docs/security.md"
+)
+"""The advice given when a configuration value looks like a credential."""
+
+
+def _reject_url_password(value: str | None) -> str | None:
+    if value is not None and _URL_PASSWORD.match(value):
+        raise ValueError(f"the URL contains a password; {CREDENTIALS_ADVICE}")
+    return value
+
 
 class StorageConfig(_Section):
     """Where input data is read from and where outputs are written (any fsspec URL)."""
@@ -368,6 +391,8 @@ class StorageConfig(_Section):
         description="Object stores: seconds without an answer before a request is retried.",
     )
 
+    _no_password = field_validator("data_uri", "work_uri", "endpoint_url")(_reject_url_password)
+
 
 class CatalogConfig(_Section):
     """The Apache Iceberg catalog that receives the result tables."""
@@ -378,9 +403,21 @@ class CatalogConfig(_Section):
         default_factory=dict,
         description=(
             "pyiceberg catalog properties (type, uri, warehouse, ...); empty means an "
-            "embedded SQLite catalog under work_uri."
+            "embedded SQLite catalog under work_uri. No credentials: those come from the "
+            "environment (PYICEBERG_CATALOG__<NAME>__<KEY>, the AWS chain)."
         ),
     )
+
+    @field_validator("properties")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        keys = sorted(k for k in value if _CREDENTIAL_KEY.search(k))
+        if keys:
+            raise ValueError(f"credential-like key(s) {keys}; {CREDENTIALS_ADVICE}")
+        urls = sorted(k for k, v in value.items() if _URL_PASSWORD.match(v))
+        if urls:
+            raise ValueError(f"a password in the URL of key(s) {urls}; {CREDENTIALS_ADVICE}")
+        return value
 
 
 class RayConfig(_Section):
@@ -537,8 +574,10 @@ def load_config(path: str | Path | None = None) -> Settings:
     ------
     ConfigError
         If the file is missing, is not valid YAML, its top level is not a mapping, or
-        any value is invalid. The message names the file, every offending field as a
-        dotted path, and the environment variable when a value came from one.
+        any value is invalid. The message is one line: it names the file, every
+        offending field as a dotted path (an unknown key with the closest valid one),
+        and the environment variable when a value came from one. Values are shown
+        except those of unknown keys and of credential-like keys, which may be secrets.
     """
     if path is None and os.environ.get(CONFIG_ENV_VAR):
         path = os.environ[CONFIG_ENV_VAR]
@@ -551,8 +590,8 @@ def load_config(path: str | Path | None = None) -> Settings:
             return Settings()
     except ValidationError as exc:
         env_paths = _env_var_paths(os.environ)
-        lines = [_format_error(error, env_paths) for error in exc.errors()]
-        raise ConfigError(f"invalid configuration {where}:\n" + "\n".join(lines)) from None
+        problems = [_format_error(error, env_paths) for error in exc.errors()]
+        raise ConfigError(f"invalid configuration {where}: " + "; ".join(problems)) from None
 
 
 @contextmanager
@@ -603,21 +642,45 @@ def _format_error(error: ErrorDetails, env_paths: Mapping[tuple[str, ...], str])
     ).removeprefix(".")
     dotted = dotted or "(top level)"
     if error["type"] == "extra_forbidden":
-        message = "unknown key"
+        # the value of an unknown key is not shown: it may be a misplaced secret
+        text = f"{dotted}: unknown key"
+        suggestion = _closest_key(loc)
+        if suggestion is not None:
+            text += f" (did you mean {suggestion!r}?)"
     else:
-        message = error["msg"].removeprefix("Value error, ")
-    text = f"  {dotted}: {message}"
-    if not isinstance(error["input"], Mapping):
-        text += f" (got {_short_repr(error['input'])})"
-    # Environment variables win over the file, so a variable that sets this field or one
-    # of its parents is where the bad value came from.
-    lowered = tuple(part.lower() for part in loc)
-    for depth in range(len(lowered), 0, -1):
-        env_name = env_paths.get(lowered[:depth])
-        if env_name is not None:
-            text += f" (from environment variable {env_name})"
-            break
+        text = f"{dotted}: {error['msg'].removeprefix('Value error, ')}"
+        secret = CREDENTIALS_ADVICE in text or any(_CREDENTIAL_KEY.search(p) for p in loc)
+        if not secret and not isinstance(error["input"], Mapping):
+            text += f" (got {_short_repr(error['input'])})"
+    env_name = _env_source(tuple(part.lower() for part in loc), env_paths)
+    if env_name is not None:
+        text += f" (from environment variable {env_name})"
     return text
+
+
+def _env_source(loc: tuple[str, ...], env_paths: Mapping[tuple[str, ...], str]) -> str | None:
+    """The environment variable that set the field at ``loc``, one of its parents or (an
+    unknown key) one of its children; environment variables win over the file."""
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in env_paths:
+            return env_paths[loc[:depth]]
+    below = sorted(name for path, name in env_paths.items() if path[: len(loc)] == loc)
+    return below[0] if below else None
+
+
+def _closest_key(loc: tuple[str, ...]) -> str | None:
+    """The valid key closest to the unknown last part of ``loc`` (None if none is close)."""
+    if not loc:
+        return None
+    model: type[BaseModel] = Settings
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    close = difflib.get_close_matches(loc[-1].lower(), list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

@@ -15,6 +15,9 @@ __all__ = ["setup_logging"]
 
 # Our own loggers follow -v/-vv; third-party loggers stay at WARNING until -vvv.
 _OWN_LOGGERS = ("constellation", "flows")
+# AWS SDK loggers print request headers (the access key id, the session token) and
+# signing material at debug level: never below INFO, whatever the verbosity.
+_CREDENTIAL_LOGGERS = ("botocore", "aiobotocore", "boto3", "s3transfer")
 _HANDLER_NAME = "constellation-rich"
 
 
@@ -34,7 +37,8 @@ def setup_logging(verbosity: int) -> None:
     ----------
     verbosity
         Number of ``-v`` flags: 0 shows warnings and errors, 1 adds info, 2 adds
-        debug messages from constellation, 3 or more also debug from libraries.
+        debug messages from constellation, 3 or more also debug from libraries
+        (except the AWS SDK's, which would log credentials: those stop at INFO).
 
     Notes
     -----
@@ -51,3 +55,5 @@ def setup_logging(verbosity: int) -> None:
     root.setLevel(logging.DEBUG if verbosity >= 3 else logging.WARNING)
     for name in _OWN_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    for name in _CREDENTIAL_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 3 else logging.NOTSET)

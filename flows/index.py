@@ -45,6 +45,14 @@ def build_index_task(payload: str, full: bool = False) -> dict[str, Any]:
         raise ValueError(f"no DET file under {vis} (expected {{obs_id}}/EUC_VIS_SWL-DET-*.fits)")
     out = layout.quadrant_index_url(settings.runtime.storage.work_uri)
     summary = build_quadrant_index(storage, obs, out, full=full)
+    log = get_run_logger()
+    for key, problem in sorted(summary.failed.items()):
+        log.warning("exposure %s not indexed: %s", key, problem)
+    if not summary.written:
+        raise ValueError(
+            f"none of the {len(summary.failed)} exposures under {vis} could be indexed: "
+            f"{out} not written"
+        )
     doc = asdict(summary)
     doc["unmatched"] = len(summary.unmatched)
     doc["incomplete"] = len(summary.incomplete)
@@ -60,8 +68,9 @@ def index_observations(config: str | None = None, full: bool = False) -> dict[st
     summary = build_index_task(payload, full)
     log.info(
         "registry: %d tiles; quadrant index: %d exposures, %d quadrant exposures, "
-        "%d DET files read (%d unchanged) in %.1f s",
+        "%d DET files read (%d unchanged), %d exposures not indexed (see the warnings) "
+        "in %.1f s",
         len(tiles), summary["exposures"], summary["quadrant_exposures"],
-        summary["det_read"], summary["det_skipped"], summary["seconds"],
+        summary["det_read"], summary["det_skipped"], len(summary["failed"]), summary["seconds"],
     )  # fmt: skip
     return {"tiles": len(tiles), "index": summary}

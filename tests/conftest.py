@@ -5,7 +5,9 @@ the local S3 server fixtures of :mod:`tests.fixtures.s3`, Prefect and Ray
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,3 +38,21 @@ def _isolate_constellation_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.upper().startswith("CONSTELLATION_"):
             monkeypatch.delenv(name)
+
+
+# Loggers whose level the CLI's set-up (constellation.logging.setup_logging) changes.
+_CLI_LOGGERS = ("constellation", "flows", "botocore", "aiobotocore", "boto3", "s3transfer")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands run in-process configure logging (handlers, levels); undo it after each
+    test so the others are unaffected."""
+    root = logging.getLogger()
+    loggers = [logging.getLogger(name) for name in _CLI_LOGGERS]
+    saved = (list(root.handlers), root.level, [lg.level for lg in loggers])
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    for lg, level in zip(loggers, saved[2], strict=True):
+        lg.setLevel(level)

@@ -101,6 +101,59 @@ def test_survey_benchmark_small() -> None:
     assert 0.6 < kept < 0.75
 
 
+PROJECTIONS = SCRIPT.parent / "projections.py"
+SURVEY_DOC = SCRIPT.parents[1] / "docs" / "survey.md"
+
+
+def _tables(text: str) -> list[list[str]]:
+    """The markdown tables of ``text``: runs of consecutive lines starting with ``|``."""
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def test_projections_tables_are_the_ones_in_the_docs() -> None:
+    """docs/survey.md shows exactly what ``benchmarks/projections.py`` prints by default."""
+    proc = _run(PROJECTIONS)
+    assert proc.returncode == 0, proc.stderr
+    printed = _tables(proc.stdout)
+    assert len(printed) == 2  # projections, inputs
+    docs = _tables(SURVEY_DOC.read_text(encoding="utf-8"))
+    for table in printed:
+        assert table in docs, f"docs/survey.md is stale, rerun projections.py: {table[0]}"
+
+
+def test_projections_gpu_rate_rows() -> None:
+    """The H200-rate rows: slots x exposures x ms per slot-exposure x steps, by hand."""
+    proc = _run(
+        PROJECTIONS,
+        "--lines",
+        "--sources=1e6",
+        "--subtiles=1000",
+        "--extended-area-ratio=2",
+        "--pairs-per-subtile=10",
+        "--gpu-ms-per-slot-exposure=0.5",
+        "--map-steps=360",
+        "--days=10",
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    prefix = "gpu_map_h200_rate_"
+    assert float(values[prefix + "source_slots_per_sub_tile"]) == 2000  # 1e6 / 1000 x 2
+    assert float(values[prefix + "s_per_map_step_extrapolated_s"]) == 10  # 2000 x 10 x 0.5 ms
+    assert float(values[prefix + "h200_hours_per_sub_tile_extrapolated_gpu_h"]) == 1  # x 360 s
+    assert float(values[prefix + "h200_hours_for_the_survey_extrapolated_gpu_h"]) == 1000
+    assert math.isclose(
+        float(values[prefix + "h200s_for_10_days_extrapolated"]), 1000 / 240, rel_tol=1e-5
+    )
+
+
 def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:
     """The soak's zeros mean something: its accounting catches planted losses and
     duplicates (the soak itself takes minutes: run ``benchmarks/soak.py``)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,6 @@ from constellation.config import Settings, load_config
 runner = CliRunner()
 
 BAD_YAML = "science:\n  tiling:\n    margin_arcmin: -1\n"
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The root callback configures logging; undo it so other tests are unaffected."""
-    root = logging.getLogger()
-    own = logging.getLogger("constellation")
-    saved = (list(root.handlers), root.level, own.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    own.setLevel(saved[2])
 
 
 @pytest.fixture

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import pytest
 from rich.logging import RichHandler
 
 from constellation.logging import setup_logging, verbosity_to_level
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    own = logging.getLogger("constellation")
-    saved = (list(root.handlers), root.level, own.level)
-    yield
-    root.handlers[:] = saved[0]
-    root.setLevel(saved[1])
-    own.setLevel(saved[2])
 
 
 @pytest.mark.parametrize(

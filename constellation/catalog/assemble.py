@@ -33,6 +33,8 @@ many small files, which ``constellation`` maintenance compacts.
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import hashlib
 import logging
 import os
@@ -44,6 +46,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +64,7 @@ from constellation.catalog.iceberg import (
     CommitConflictError,
     DataFile,
     DataFileWriter,
+    LocalOrigin,
     ShearCatalog,
     WrittenFiles,
     open_catalog,
@@ -67,14 +72,16 @@ from constellation.catalog.iceberg import (
     subtile_key,
 )
 from constellation.config import ConfigError, Settings
-from constellation.io.storage import Storage, storage_from_config
+from constellation.io.storage import Storage, local_path, storage_from_config
 from constellation.manifest import layout
 from constellation.results.schema import partition_pixel
 from constellation.results.store import (
     ResultMarker,
     decode_result,
-    decode_subtile_row,
+    read_footer,
     read_marker,
+    subtile_record,
+    subtile_rows,
 )
 
 __all__ = [
@@ -103,13 +110,14 @@ _SUBTILE_DIR = re.compile(r"/tiles/(\d+)/subtiles/r(\d+)_c(\d+)/?$")
 
 @dataclass(frozen=True)
 class ResultRef:
-    """A sub-tile result found under the work root: identity, directory and marker."""
+    """A sub-tile result found under the work root: identity, directory and, when it
+    was read, its done marker."""
 
     tile_id: int
     row: int
     col: int
     directory: str
-    marker: ResultMarker
+    marker: ResultMarker | None = None
 
     @property
     def key(self) -> int:
@@ -202,9 +210,11 @@ def find_results(
     tiles: Iterable[int] | None = None,
     *,
     executor: ThreadPoolExecutor | None = None,
+    with_markers: bool = True,
 ) -> list[ResultRef]:
-    """The results (with a readable done marker) of ``tiles``, or of every tile under
-    ``work_uri``, sorted by sub-tile key."""
+    """The results (with a done marker) of ``tiles``, or of every tile under
+    ``work_uri``, sorted by sub-tile key; with ``with_markers`` each with its marker
+    read (results whose marker cannot be read are left out)."""
     if tiles is None:
         patterns = [layout.join(work_uri, "tiles", "*", "subtiles", "*", layout.RESULT_DONE_NAME)]
     else:
@@ -212,22 +222,28 @@ def find_results(
             layout.join(layout.tile_dir(work_uri, t), "subtiles", "*", layout.RESULT_DONE_NAME)
             for t in sorted({int(t) for t in tiles})
         ]
-    dirs: list[tuple[str, tuple[int, int, int]]] = []
+    refs: list[ResultRef] = []
+    local = local_path(work_uri)
     for pattern in patterns:
-        for url in storage.glob(pattern):
-            directory = url.rsplit("/", 1)[0]
-            ident = _parse_dir(directory)
+        if local is not None:  # the standard library's glob: ~5x faster than fsspec's
+            root = local_path(pattern)
+            matches = [str(Path(p)) for p in glob.glob(str(root))] if root is not None else []
+        else:
+            matches = storage.glob(pattern)
+        for url in matches:
+            ident = _parse_dir(url.replace(os.sep, "/").rsplit("/", 1)[0])
             if ident is not None:
-                dirs.append((directory, ident))
+                refs.append(ResultRef(*ident, layout.subtile_dir(work_uri, *ident)))
+    refs.sort(key=lambda r: r.key)
+    if not with_markers:
+        return refs
 
-    def load(item: tuple[str, tuple[int, int, int]]) -> ResultRef | None:
-        directory, (tile, row, col) = item
-        marker = read_marker(storage, directory)
-        return None if marker is None else ResultRef(tile, row, col, directory, marker)
+    def load(ref: ResultRef) -> ResultRef | None:
+        marker = read_marker(storage, ref.directory)
+        return None if marker is None else dataclasses.replace(ref, marker=marker)
 
-    found = [load(d) for d in dirs] if executor is None else list(executor.map(load, dirs))
-    refs = [r for r in found if r is not None]
-    return sorted(refs, key=lambda r: r.key)
+    loaded = [load(r) for r in refs] if executor is None else list(executor.map(load, refs))
+    return [r for r in loaded if r is not None]
 
 
 # --------------------------------------------------------------------------- batches
@@ -240,7 +256,8 @@ class _Prepared:
     ref: ResultRef
     sha256: str
     status: str
-    subtile: pa.Table
+    #: The sub-tile row (see :func:`~constellation.results.store.subtile_record`).
+    subtile: dict[str, Any]
     #: The sub-tile's partition pixel in the ``sources`` table.
     pixel: int
     #: Its ``sources`` data file (None: no source rows).
@@ -259,16 +276,18 @@ class _Target:
     partition_order: int
     #: Column positions of the identity checks: (column index, result attribute).
     checks: tuple[tuple[int, str], ...]
+    #: Only results of this science config hash are assembled (None: any).
+    config_hash: str | None
 
     @classmethod
-    def of(cls, catalog: ShearCatalog) -> _Target:
+    def of(cls, catalog: ShearCatalog, config_hash: str | None) -> _Target:
         writer = catalog.file_writer(SOURCES)
         names = ("tile_id", "subtile_row", "subtile_col", KEY_COLUMN, PARTITION_COLUMN)
         attrs = ("tile_id", "row", "col", "key", "pixel")
         checks = tuple(
             (writer.arrow_schema.get_field_index(n), a) for n, a in zip(names, attrs, strict=True)
         )
-        return cls(writer, catalog.table_partition_order(SOURCES), checks)
+        return cls(writer, catalog.table_partition_order(SOURCES), checks, config_hash)
 
     def as_is(self, metadata: pq.FileMetaData, values: dict[str, int], status: str) -> bool:
         """Whether a result file can become a data file as it is: the table's schema, and
@@ -290,7 +309,14 @@ class _Target:
         return True
 
 
-def _prepare_one(storage: Storage, ref: ResultRef, target: _Target) -> _Prepared | str:
+@dataclass(frozen=True)
+class _OtherConfig:
+    """A result of another science config hash (not assembled)."""
+
+
+def _prepare_one(
+    storage: Storage, ref: ResultRef, target: _Target
+) -> _Prepared | _OtherConfig | str:
     """Read and check one result and write its ``sources`` data file (runs on a reader
     thread); an error message when it cannot be read.
 
@@ -301,35 +327,32 @@ def _prepare_one(storage: Storage, ref: ResultRef, target: _Target) -> _Prepared
     """
     url = layout.join(ref.directory, layout.RESULT_NAME)
     writer = target.writer
-    staged = None
     try:
-        staged = writer.link(url)
-        data = staged.read_bytes() if staged is not None else storage.read_bytes(url)
-        metadata = pq.read_metadata(pa.BufferReader(data))
-        sub = decode_subtile_row(metadata.metadata)
-        ident = tuple(sub.column(c)[0].as_py() for c in ("tile_id", "subtile_row", "subtile_col"))
+        local = local_path(url)
+        origin = None
+        if local is None:
+            data = storage.read_bytes(url)
+        else:
+            data, origin = LocalOrigin.read(local)
+        metadata = read_footer(data)
+        sub = subtile_record(metadata.metadata)
+        ident = (sub["tile_id"], sub["subtile_row"], sub["subtile_col"])
         expected = (ref.tile_id, ref.row, ref.col)
         if ident != expected:
-            writer.discard(staged)
             return f"{url}: the result is for sub-tile {ident}, not {expected}"
-        status = str(sub.column("status")[0].as_py())
-        pixel = partition_pixel(
-            sub.column("healpix")[0].as_py(), sub.column("healpix_order")[0].as_py(),
-            target.partition_order,
-        )  # fmt: skip
+        if target.config_hash is not None and sub["config_hash"] != target.config_hash:
+            return _OtherConfig()
+        status = str(sub["status"])
+        pixel = partition_pixel(sub["healpix"], sub["healpix_order"], target.partition_order)
         sha = hashlib.sha256(data).hexdigest()
         values = {"tile_id": ref.tile_id, "row": ref.row, "col": ref.col, "key": ref.key}
         values["pixel"] = pixel
         if target.as_is(metadata, values, status):
             rows = metadata.num_rows
-            data_file = writer.add(data, metadata, pixel, staged) if rows else None
-            if data_file is None:
-                writer.discard(staged)
+            data_file = writer.add(data, metadata, pixel, origin) if rows else None
             return _Prepared(ref, sha, status, sub, pixel, data_file, rows, 0, as_is=True)
-        writer.discard(staged)
         src = decode_result(data).sources
-    except (OSError, ValueError, pa.ArrowException) as exc:
-        writer.discard(staged)
+    except (OSError, ValueError, TypeError, KeyError, pa.ArrowException) as exc:
         return f"{url}: {type(exc).__name__}: {exc}"
     n = src.num_rows
     # Defensive ownership filter: only the sub-tile's own core rows, none unless ok.
@@ -368,7 +391,7 @@ def _subtile_rows(
 ) -> pa.Table:
     """The batch's ``subtiles`` rows with their bookkeeping columns."""
     n = len(prepared)
-    sub = pa.concat_tables([p.subtile for p in prepared])
+    sub = subtile_rows([p.subtile for p in prepared])
     ts = pa.timestamp("us", tz="UTC")
     extra = [
         (KEY_COLUMN, pa.int64(), [p.ref.key for p in prepared]),
@@ -452,7 +475,8 @@ def assemble_results(
     only_config
         Assemble only results whose marker has ``config_hash``.
     workers
-        Threads reading results and writing data files (default: ``min(8, 2 * cpus)``).
+        Threads reading results and writing data files (default: one per CPU for a
+        local work root, ``min(16, 4 * cpus)`` on an object store).
     max_attempts
         Attempts per commit when other writers keep winning.
     progress
@@ -463,18 +487,17 @@ def assemble_results(
     t0 = time.perf_counter()
     run = run_id or f"assemble-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     report = AssembleReport(run_id=run)
-    nworkers = workers or min(8, 2 * (os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    # Locally a result costs ~0.4 ms of mostly GIL-held work: more threads than cores
+    # only contend; an object store's latency wants many requests in flight.
+    nworkers = workers or (cpus if local_path(work_uri) is not None else min(16, 4 * cpus))
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     rng = random.Random()
     props = {PROP_RUN_ID: run, PROP_CONFIG_HASH: config_hash, PROP_CODE_VERSION: __version__}
 
     with ThreadPoolExecutor(nworkers, thread_name_prefix="assemble") as pool:
-        refs = find_results(storage, work_uri, tile_list, executor=pool)
+        refs = find_results(storage, work_uri, tile_list, with_markers=False)
         report.found = len(refs)
-        if only_config:
-            selected = [r for r in refs if r.marker.config_hash == config_hash]
-            report.skipped_other_config = len(refs) - len(selected)
-            refs = selected
         committed_table = catalog.read(SUBTILES, [KEY_COLUMN, SHA_COLUMN], tiles=tile_list)
         committed = dict(
             zip(
@@ -483,8 +506,20 @@ def assemble_results(
                 strict=True,
             )
         )
-        pending = [r for r in refs if committed.get(r.key) != r.marker.sha256]
-        report.skipped_unchanged = len(refs) - len(pending)
+        # Markers are read only where there is a committed result to compare with; a new
+        # sub-tile's config hash is checked when its result is read.
+        known = [r for r in refs if r.key in committed]
+        markers = dict(zip(known, pool.map(lambda r: read_marker(storage, r.directory), known),
+                           strict=True))  # fmt: skip
+        pending: list[ResultRef] = []
+        for ref in refs:
+            marker = markers.get(ref)
+            if marker is not None and only_config and marker.config_hash != config_hash:
+                report.skipped_other_config += 1
+            elif marker is not None and marker.sha256 == committed[ref.key]:
+                report.skipped_unchanged += 1
+            else:
+                pending.append(ref)
         if not pending:
             report.seconds = time.perf_counter() - t0
             log.info("%s", report.summary())
@@ -497,11 +532,11 @@ def assemble_results(
                 "directory, {work_uri}/catalog) and assemble again."
             )
         _evolve(catalog, report, max_attempts)
-        target = _Target.of(catalog)
+        target = _Target.of(catalog, config_hash if only_config else None)
         subtile_order = catalog.table_partition_order(SUBTILES)
         batches = list(_chunks(pending, batch_size))
 
-        def submit(batch: Sequence[ResultRef]) -> list[Future[_Prepared | str]]:
+        def submit(batch: Sequence[ResultRef]) -> list[Future[_Prepared | _OtherConfig | str]]:
             return [pool.submit(_prepare_one, storage, ref, target) for ref in batch]
 
         # Read one batch ahead of the commits.
@@ -516,6 +551,8 @@ def assemble_results(
                     log.warning("skipping unreadable result: %s", item)
                     report.unreadable += 1
                     report.unreadable_dirs.append(ref.directory)
+                elif isinstance(item, _OtherConfig):
+                    report.skipped_other_config += 1
                 else:
                     prepared.append(item)
             done += len(batch)

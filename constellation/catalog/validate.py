@@ -23,10 +23,12 @@ Checks (each a :class:`Violation` when it finds something):
 ``orphan_sources``
     Source rows whose sub-tile has no ``ok`` row in ``subtiles``.
 
-The ``sources`` table is read a group of partitions at a time (only the columns
-the checks need), so memory stays bounded by ``max_rows``; duplicate object ids
-are looked for within a partition group (a source has one position, hence one
-partition).
+The ``sources`` table is read a slice of the sky at a time (only the columns the
+checks need), so memory stays bounded by ``max_rows``: contiguous ranges of the
+sources' own ``healpix`` index, sized from the partition counts. Rows are
+partitioned by their sub-tile's centre, but every row of one object has the same
+position, hence is read in the same slice, where duplicate object ids are looked
+for.
 """
 
 from __future__ import annotations
@@ -251,6 +253,20 @@ def _non_finite(table: pa.Table) -> dict[str, int]:
     return out
 
 
+def _healpix_slices(
+    counts: dict[int, int], max_rows: int, partition_order: int, source_order: int
+) -> Iterator[tuple[int, int]]:
+    """``[lo, hi)`` ranges of the order-``source_order`` index that together cover the
+    whole sphere, each about ``max_rows`` rows by the partition ``counts``."""
+    shift = 2 * (source_order - partition_order)
+    starts = [group[0] << shift for group in _groups(counts, max_rows)]
+    if not starts:
+        return
+    starts[0] = 0
+    ends = [*starts[1:], 12 * 4**source_order]
+    yield from zip(starts, ends, strict=True)
+
+
 def _groups(counts: dict[int, int], max_rows: int) -> Iterator[list[int]]:
     group: list[int] = []
     rows = 0
@@ -372,10 +388,18 @@ def validate_catalog(
             for f in catalog.table(SOURCES).schema().as_arrow()
             if pa.types.is_floating(f.type)
         ]
-        partitions = catalog.partition_counts(SOURCES)
-        for group in _groups(partitions, max_rows):
+        slices = _healpix_slices(
+            catalog.partition_counts(SOURCES),
+            max_rows,
+            catalog.table_partition_order(SOURCES),
+            catalog.source_order,
+        )
+        for healpix_range in slices:
             src = catalog.read(
-                SOURCES, [KEY_COLUMN, "object_id", *float_cols], tiles=tile_list, partitions=group
+                SOURCES,
+                [KEY_COLUMN, "object_id", *float_cols],
+                tiles=tile_list,
+                healpix_range=healpix_range,
             )
             n_sources += src.num_rows
             for k, v in _non_finite(src.select(float_cols)).items():

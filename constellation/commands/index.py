@@ -29,7 +29,10 @@ def index(
     ] = False,
     workers: Annotated[int, typer.Option(min=1, help="Files indexed concurrently.")] = 8,
 ) -> None:
-    """Index every quadrant exposure under a VIS prefix (header reads only; incremental)."""
+    """Index every quadrant exposure under a VIS prefix (header reads only; incremental).
+
+    An exposure whose files are not readable FITS is reported on one line and left out
+    (the others are indexed; the next run reads it again); the exit code is then 1."""
     from constellation.discovery.observations import list_observations
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.storage import join_url, storage_from_config
@@ -53,9 +56,14 @@ def index(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )  # fmt: skip
     s = summary
+    for key, problem in sorted(s.failed.items()):
+        typer.secho(f"exposure {key} not indexed: {problem}", fg=typer.colors.RED, err=True)
+    if not s.written:
+        fail(f"none of the {s.exposures} exposures under {vis_url} could be indexed: "
+             f"{out_url} not written")  # fmt: skip
     ratio = s.bytes_read / s.header_bytes if s.header_bytes else 0.0
     typer.echo(
-        f"indexed {s.exposures} exposures into {out_url}: "
+        f"indexed {s.exposures - len(s.failed)} of {s.exposures} exposures into {out_url}: "
         f"DET {s.det_read} read ({s.det_skipped} unchanged), "
         f"BKG {s.bkg_read} read ({s.bkg_skipped} unchanged), "
         f"PSF {s.psf_read} read ({s.psf_skipped} unchanged); "
@@ -71,3 +79,6 @@ def index(
     if state.verbosity > 0:
         for url in s.unmatched:
             typer.echo(f"unmatched: {url}")
+    if s.failed:
+        typer.echo(f"{len(s.failed)} exposure(s) not indexed (see above): run again once fixed")
+        raise typer.Exit(1)

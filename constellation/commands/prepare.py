@@ -40,8 +40,26 @@ def _tile_ids(tiles: list[int] | None, settings: Settings, registry: TileRegistr
     return [int(t) for t in registry.tile_id]
 
 
+def _known_tiles(ids: list[int], registry: TileRegistry, settings: Settings) -> list[int]:
+    """``ids``, or a clean exit naming the registry when one of them is not in it."""
+    from constellation.manifest import layout
+
+    unknown = [t for t in ids if t not in registry]
+    if unknown:
+        where = layout.registry_url(settings.runtime.storage.work_uri)
+        fail(
+            f"tile(s) {', '.join(map(str, unknown))} not in the tile registry {where} "
+            f"({len(registry)} tiles): check the id or run 'constellation tiles resolve'"
+        )
+    return ids
+
+
 def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
-    """Write each sub-tile's manifest, source table and done marker (idempotent)."""
+    """Write each sub-tile's manifest, source table and done marker (idempotent).
+
+    A tile whose inputs are bad (an unreadable MER catalog, NaN coordinates, duplicate
+    OBJECT_IDs, ...) is reported on one line and skipped; the other tiles are prepared
+    and the exit code is 1."""
     from constellation.io.storage import storage_from_config
     from constellation.stages.prepare import plan as plan_stage
     from constellation.stages.prepare import run_one
@@ -50,18 +68,20 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     storage = storage_from_config(settings.runtime.storage)
     registry = _registry(storage, settings)
     ids = _tile_ids(tile, settings, registry)
-    try:
-        items = plan_stage(settings, registry, ids)
-    except KeyError as exc:
-        fail(str(exc.args[0]))
+    items = plan_stage(settings, registry, _known_tiles(ids, registry, settings))
     results = []
+    failed: list[int] = []
     with Progress(
         TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(items))
         for item in items:
-            results.append(run_one(item, storage))
+            try:
+                results.append(run_one(item, storage))
+            except (OSError, ValueError) as exc:  # reported; the other tiles go on
+                typer.secho(f"tile {item.tile.tile_id}: {exc}", fg=typer.colors.RED, err=True)
+                failed.append(item.tile.tile_id)
             bar.advance(task)
     prepared = [r for r in results if not r.skipped]
     typer.echo(
@@ -75,6 +95,9 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     missing = [r.tile_id for r in results if r.missing_catalog]
     if missing:
         typer.echo(f"tiles without a MER catalog: {', '.join(map(str, missing))}")
+    if failed:
+        typer.echo(f"{len(failed)} tile(s) not prepared: {', '.join(map(str, failed))}")
+        raise typer.Exit(1)
 
 
 def plan(
@@ -93,13 +116,19 @@ def plan(
     grid = settings.science.tiling.grid()
     work = settings.runtime.storage.work_uri
     rows = []
+    unreadable = 0
     for tid in _tile_ids(tile, settings, registry):
         for r in range(grid.n_rows):
             for c in range(grid.n_cols):
                 url = layout.manifest_url(work, tid, r, c)
                 if not storage.exists(url):
                     continue
-                m = parse_manifest(storage.read_bytes(url))
+                try:
+                    m = parse_manifest(storage.read_bytes(url))
+                except ValueError as exc:
+                    typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
+                    unreadable += 1
+                    continue
                 rows.append({
                     "tile": tid, "row": r, "col": c, "core": m.sources.n_core,
                     "extended": m.sources.n_extended, "exposures": len(m.exposures),
@@ -108,10 +137,12 @@ def plan(
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
-        return
-    if not rows:
+    elif not rows and not unreadable:
         fail("no manifests found: run 'constellation prepare' first")
-    table = Table("tile", "row", "col", "core", "extended", "exposures", "quadrants")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    Console().print(table)
+    else:
+        table = Table("tile", "row", "col", "core", "extended", "exposures", "quadrants")
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        Console().print(table)
+    if unreadable:
+        raise typer.Exit(1)

@@ -74,7 +74,9 @@ def simulate(
                 light_binning=binning, pixel_quadrants=tuple(pixel_quadrants or ("3-4.F",)),
             )  # fmt: skip
     except (ValidationError, OSError, yaml.YAMLError) as exc:
-        fail(f"invalid field specification: {exc}", EXIT_CONFIG_ERROR)
+        where = f" in {spec_file}" if spec_file is not None else ""
+        problem = " ".join(str(exc).split())  # one line
+        fail(f"invalid field specification{where}: {problem}", EXIT_CONFIG_ERROR)
     root = out or settings.runtime.storage.data_uri
     storage = storage_from_config(settings.runtime.storage)
     total = count_files(spec)

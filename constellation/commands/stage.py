@@ -28,7 +28,8 @@ def stage(
     ] = None,
 ) -> None:
     """Copy each sub-tile's needed extensions, source table and manifest into a folder
-    (ranged reads only; idempotent)."""
+    (ranged reads only; idempotent). A manifest that cannot be staged is reported on one
+    line and skipped; the exit code is then 1."""
     from constellation.io.storage import storage_from_config
     from constellation.stages.stage import stage_subtile
 
@@ -40,7 +41,14 @@ def stage(
     if not urls:
         fail("give manifest URLs or --tile")
     t0 = time.perf_counter()
-    results = [stage_subtile(url, dest, storage, per_subtile=True) for url in urls]
+    results = []
+    refused = 0
+    for url in urls:
+        try:
+            results.append(stage_subtile(url, dest, storage, per_subtile=True))
+        except (OSError, ValueError) as exc:  # reported; the other sub-tiles go on
+            typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
+            refused += 1
     moved = sum(r.bytes_moved for r in results)
     ext_moved = sum(r.extension_bytes_moved for r in results)
     needed = sum(r.needed_bytes for r in results)
@@ -51,4 +59,7 @@ def stage(
         f"{sum(r.files_unchanged for r in results)} unchanged); "
         f"{moved} bytes moved ({ext_moved} for extensions), {needed} needed bytes, "
         f"ratio {ratio:.3f}; {time.perf_counter() - t0:.2f} s"
+        + (f"; {refused} not staged" if refused else "")
     )
+    if refused:
+        raise typer.Exit(1)

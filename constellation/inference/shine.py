@@ -181,12 +181,29 @@ def crop_window(
     return CropWindow(x0, x1, y0, y1)
 
 
-def crop_span(x: ArrayLikeFloat, y: ArrayLikeFloat, pad: int) -> tuple[int, int]:
-    """``(ny, nx)`` of :func:`crop_window`'s window before clipping to the quadrant."""
+def crop_span(
+    x: ArrayLikeFloat,
+    y: ArrayLikeFloat,
+    pad: int,
+    naxis1: int | None = None,
+    naxis2: int | None = None,
+) -> tuple[int, int]:
+    """``(ny, nx)`` of :func:`crop_window`'s window before clipping to the quadrant, at
+    most the quadrant's size (``naxis2``, ``naxis1``) when given.
+
+    The model's common image shape is taken from these spans, so that it is the same
+    for every sub-tile of a tile wherever the quadrant edges cut the crops; a crop never
+    exceeds its quadrant, so neither need the shape: a default 10' extended region
+    spans ~6300 px, a quadrant 2048 x 2066.
+    """
     xs = np.asarray(x, dtype=np.float64)
     ys = np.asarray(y, dtype=np.float64)
     nx = math.ceil(float(xs.max())) + 1 - math.floor(float(xs.min())) + 2 * pad
     ny = math.ceil(float(ys.max())) + 1 - math.floor(float(ys.min())) + 2 * pad
+    if naxis1 is not None:
+        nx = min(nx, naxis1)
+    if naxis2 is not None:
+        ny = min(ny, naxis2)
     return ny, nx
 
 
@@ -845,7 +862,7 @@ class ShineBackend:
         window = crop_window(vx, vy, qe.naxis1, qe.naxis2, pad)
         if window is None:
             return None
-        span = crop_span(vx, vy, pad)
+        span = crop_span(vx, vy, pad, qe.naxis1, qe.naxis2)
         sci = _read_rows(storage, det_url, qe.det.sci, sci_header, window)
         rms = _read_rows(
             storage, det_url, qe.det.rms, _header(storage, det_url, qe.det.rms), window
@@ -973,8 +990,8 @@ class ShineBackend:
         ny = max(e.image.shape[0] for e in exps)
         nx = max(e.image.shape[1] for e in exps)
         if pad_sources:
-            # from the unclipped crops: the same for every sub-tile of a tile, even
-            # where the quadrant edges cut the crops differently
+            # from the unclipped crops (at most a quadrant): the same for every sub-tile
+            # of a tile, even where the quadrant edges cut the crops differently
             ny = max(ny, *(e.span[0] for e in exps))
             nx = max(nx, *(e.span[1] for e in exps))
             ny, nx = bucket(ny, self.shape_step), bucket(nx, self.shape_step)

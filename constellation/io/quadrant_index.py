@@ -14,6 +14,14 @@ version ``(size, etag)`` of every DET, BKG and PSF file it was built from
 and version did not change is not read again: its columns are copied from the
 old rows. Rows of DET files that disappeared are dropped. ``full=True``
 ignores the old index.
+
+**One bad file does not stop the build.** An exposure whose DET, BKG or PSF file
+is not a readable FITS file (truncated, garbled header, another format under a
+FITS name, a quadrant without its WCS keywords) is logged, listed in
+:attr:`IndexSummary.failed` and left out; its files are not recorded as indexed,
+so the next build reads them again. Storage errors (``OSError``, after the
+storage's own retries) still stop the build. When no exposure at all could be
+indexed, nothing is written.
 """
 
 from __future__ import annotations
@@ -104,6 +112,10 @@ class IndexSummary:
     det_removed: int = 0
     unmatched: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Exposures left out, by exposure key: one line naming the file and the problem."""
+    written: bool = True
+    """Whether the index file was written (or was already up to date)."""
     requests: int = 0
     rounds: int = 0  # max sequential rounds over the files read
     bytes_read: int = 0
@@ -289,6 +301,21 @@ def _load_previous(storage: Storage, url: str) -> _Previous | None:
 
 # -- the build -------------------------------------------------------------------------
 
+# What a bad file raises while its headers are parsed (FitsHeaderError is a ValueError;
+# astropy's header and WCS code raise the others). Storage errors are OSError: not here.
+_BAD_FILE = (ValueError, KeyError, TypeError, IndexError)
+
+
+def _problem(exc: BaseException, e: ExposureFiles) -> str:
+    """One line naming the file and the problem (the DET file unless the message names one)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing header keyword: {text}"
+    urls = [ref.url for ref in (e.det, e.bkg, e.psf) if ref is not None]
+    if any(url in text for url in urls):
+        return text
+    return f"{urls[0]}: {text}"
+
 
 class _Builder:
     def __init__(self, storage: Storage, prev: _Previous | None, range_workers: int) -> None:
@@ -424,11 +451,16 @@ def build_quadrant_index(
     if progress:
         progress(0, total)
     rows: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [pool.submit(builder.exposure_rows, e) for e in obs.exposures]
-            for fut in futures:
-                rows.extend(fut.result())
+            for e, fut in zip(obs.exposures, futures, strict=True):
+                try:
+                    rows.extend(fut.result())
+                except _BAD_FILE as exc:  # this exposure is left out, the others go on
+                    failed[e.key] = _problem(exc, e)
+                    log.info("exposure %s left out of the index: %s", e.key, failed[e.key])
                 done += 1
                 if progress:
                     progress(done, total)
@@ -436,6 +468,8 @@ def build_quadrant_index(
         builder.pool.shutdown(wait=True)
     versions: dict[str, list[Any]] = {}
     for e in obs.exposures:
+        if e.key in failed:
+            continue  # not recorded as indexed: the next build reads its files again
         for ref in (e.det, e.bkg, e.psf):
             if ref is not None:
                 versions[ref.url] = [ref.size, ref.etag]
@@ -451,7 +485,8 @@ def build_quadrant_index(
             unchanged = storage.read_bytes(out_url) == payload
         except OSError:
             unchanged = False
-    if not unchanged:
+    written = not (failed and not rows)  # no exposure indexed at all: nothing written
+    if written and not unchanged:
         storage.write_bytes(out_url, payload)
 
     after = storage.stats.snapshot()
@@ -470,6 +505,8 @@ def build_quadrant_index(
         det_removed=len(set(prev.det) - current) if prev else 0,
         unmatched=list(obs.unmatched),
         incomplete=[e.key for e in obs.incomplete],
+        failed=failed,
+        written=written,
         requests=after.requests - before.requests,
         rounds=builder.rounds,
         bytes_read=after.bytes_read - before.bytes_read,

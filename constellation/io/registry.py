@@ -168,6 +168,10 @@ class RegistryResolveError(RegistryError):
 
     def __init__(self, failures: Mapping[int, str]) -> None:
         self.failures = dict(sorted(failures.items()))
+        if len(self.failures) == 1:  # one line: the tile, the file and the problem
+            ((tid, msg),) = self.failures.items()
+            super().__init__(f"could not resolve 1 tile(s): {tid}: {msg}")
+            return
         shown = list(self.failures.items())[:20]
         lines = [f"  {tid}: {msg}" for tid, msg in shown]
         if len(self.failures) > len(shown):

@@ -22,13 +22,14 @@ import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "MANIFEST_VERSION",
     "AuxFile",
     "DetFile",
     "FitsExtension",
+    "ManifestError",
     "ManifestGeometry",
     "ManifestIdentity",
     "ManifestSources",
@@ -45,7 +46,14 @@ __all__ = [
 #: Bumped on any incompatible change of the manifest schema.
 MANIFEST_VERSION: Literal[1] = 1
 
+# Safe loading only: tags such as !!python/object are errors, never constructed.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_MAX_PROBLEMS = 5
+
+
+class ManifestError(ValueError):
+    """A manifest cannot be used; the one-line message says why (callers add its URL)."""
 
 
 class _Model(BaseModel):
@@ -408,14 +416,38 @@ def load_yaml_subset(data: bytes | str) -> Any:
 
 
 def parse_manifest(data: bytes | str) -> SubTileManifest:
-    """Validate YAML manifest text."""
-    raw = load_yaml_subset(data)
+    """Validate YAML manifest text.
+
+    Raises
+    ------
+    ManifestError
+        One line: not UTF-8, not (safe) YAML, not a mapping, another
+        ``manifest_version``, or the fields that do not match the schema.
+    """
+    try:
+        raw = load_yaml_subset(data)
+    except UnicodeDecodeError:
+        raise ManifestError("not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
-        raise ValueError("a manifest must be a YAML mapping")
+        raise ManifestError("a manifest must be a YAML mapping")
     version = raw.get("manifest_version")
     if version != MANIFEST_VERSION:
-        raise ValueError(f"unsupported manifest_version {version!r} (expected {MANIFEST_VERSION})")
-    return SubTileManifest.model_validate(raw)
+        raise ManifestError(
+            f"unsupported manifest_version {version!r} (expected {MANIFEST_VERSION})"
+        )
+    try:
+        return SubTileManifest.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in errors[:_MAX_PROBLEMS]
+        ]
+        if len(errors) > _MAX_PROBLEMS:
+            problems.append(f"and {len(errors) - _MAX_PROBLEMS} more")
+        raise ManifestError("invalid manifest: " + "; ".join(problems)) from None
 
 
 def load_manifest(path_or_url: str, storage: Any | None = None) -> SubTileManifest:

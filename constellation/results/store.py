@@ -18,11 +18,13 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow._parquet import ParquetReader as _ParquetReader
 
 from constellation.io.storage import Storage
 from constellation.manifest import layout
@@ -47,9 +49,12 @@ __all__ = [
     "decode_subtile_row",
     "encode_result",
     "is_done",
+    "read_footer",
     "read_marker",
     "read_result",
     "result_file_schema",
+    "subtile_record",
+    "subtile_rows",
     "write_result",
 ]
 
@@ -65,7 +70,6 @@ def _bare(schema: pa.Schema) -> pa.Schema:
     return pa.schema([f.remove_metadata() for f in schema])
 
 
-_BARE_SUBTILE = _bare(SUBTILE_SCHEMA)
 _BARE_SOURCES = _bare(SOURCE_SCHEMA)
 _FILE_SCHEMAS: dict[int, pa.Schema] = {}
 
@@ -128,13 +132,6 @@ class ResultMarker:
         )
 
 
-def _ipc(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue().to_pybytes())
-
-
 def encode_result(
     subtile_row: dict[str, Any] | pa.Table,
     sources: pa.Table,
@@ -171,21 +168,58 @@ def encode_result(
     # footer, read 2x faster by the assembler
     with pq.ParquetWriter(buf, schema, compression="snappy", store_schema=False) as writer:
         writer.write_table(table, row_group_size=max(1, n))
-        writer.add_key_value_metadata({_META_KEY: base64.b64encode(_ipc(sub.cast(_BARE_SUBTILE)))})
+        writer.add_key_value_metadata({_META_KEY: _row_json(sub.to_pylist()[0])})
     return buf.getvalue()
 
 
-def decode_subtile_row(metadata: dict[bytes, bytes] | None) -> pa.Table:
-    """The one-row sub-tile table (:data:`~.schema.SUBTILE_SCHEMA`) stored in a result
-    file's key-value ``metadata`` (the Parquet footer's, or the Arrow schema's)."""
+def _row_json(row: dict[str, Any]) -> str:
+    """The sub-tile row as JSON: exact for its types (floats round-trip through repr,
+    NaN and infinities as Python's ``json`` writes them, timestamps as ISO 8601)."""
+    return json.dumps(
+        {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()},
+        separators=(",", ":"),
+    )
+
+
+_TIMESTAMP_FIELDS = tuple(f.name for f in SUBTILE_SCHEMA if pa.types.is_timestamp(f.type))
+
+
+def subtile_record(metadata: dict[bytes, bytes] | None) -> dict[str, Any]:
+    """The sub-tile row stored in a result file's key-value ``metadata`` (the Parquet
+    footer's, or the Arrow schema's), as a dict; :func:`subtile_rows` makes a table of
+    many. Reads the JSON of this version and the Arrow IPC stream of earlier ones."""
     meta = metadata or {}
-    if _META_KEY not in meta:
+    value = meta.get(_META_KEY)
+    if value is None:
         raise ValueError("not a constellation result: no sub-tile row in the Parquet metadata")
-    batch = pa.ipc.open_stream(base64.b64decode(meta[_META_KEY])).read_next_batch()
-    # re-attach the field docs without copying data
-    if batch.schema.equals(_BARE_SUBTILE):
-        return pa.Table.from_batches([batch], SUBTILE_SCHEMA)
-    return pa.Table.from_batches([batch]).cast(SUBTILE_SCHEMA)
+    if not value.startswith(b"{"):  # written before 0.x: base64 Arrow IPC
+        batch = pa.ipc.open_stream(base64.b64decode(value)).read_next_batch()
+        return dict(batch.to_pylist()[0])
+    row: dict[str, Any] = json.loads(value)
+    for name in _TIMESTAMP_FIELDS:
+        if row.get(name) is not None:
+            row[name] = datetime.fromisoformat(row[name])
+    return row
+
+
+def subtile_rows(records: list[dict[str, Any]]) -> pa.Table:
+    """A :data:`~.schema.SUBTILE_SCHEMA` table of sub-tile rows from
+    :func:`subtile_record` (missing nullable keys become null)."""
+    return pa.Table.from_pylist(records, schema=SUBTILE_SCHEMA)
+
+
+def read_footer(data: bytes | pa.Buffer) -> pq.FileMetaData:
+    """The Parquet footer of a file in memory (what ``pq.read_metadata`` gives, without
+    building a ``ParquetFile``: ~30 % cheaper for a result's 40 columns)."""
+    reader = _ParquetReader()
+    reader.open(pa.BufferReader(data))
+    metadata: pq.FileMetaData = reader.metadata
+    return metadata
+
+
+def decode_subtile_row(metadata: dict[bytes, bytes] | None) -> pa.Table:
+    """The one-row sub-tile table stored in a result file's key-value ``metadata``."""
+    return subtile_rows([subtile_record(metadata)])
 
 
 def decode_result(data: bytes | pa.Buffer) -> SubTileResult:

@@ -641,7 +641,7 @@ def run_one(item: PrepareItem, storage: Storage) -> PrepareResult:
     the manifest and a done marker. A tile without a catalog or without
     exposures still gets manifests (with zero counts).
     """
-    from constellation.io.mer_catalogs import find_catalog, read_mer_catalog
+    from constellation.io.mer_catalogs import MerCatalogError, find_catalog, read_mer_catalog
     from constellation.io.quadrant_lookup import QuadrantIndexFile
 
     tile = item.tile.to_tile()
@@ -682,7 +682,10 @@ def run_one(item: PrepareItem, storage: Storage) -> PrepareResult:
         if info is None:
             log.warning("tile %d: neighbour %d has no MER catalog", tile.tile_id, n)
             continue
-        t = read_mer_catalog(storage, info.url)
+        try:
+            t = read_mer_catalog(storage, info.url)
+        except MerCatalogError as exc:
+            raise MerCatalogError(f"catalog of neighbour tile {n}: {exc}") from exc
         others.append(t.append_column("tile_id", pa.array(np.full(t.num_rows, n, np.int64))))
     if own is None:
         template = others[0].drop_columns(["tile_id"]) if others else _empty_catalog()

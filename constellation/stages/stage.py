@@ -24,16 +24,27 @@ the offsets written in the staged manifest are exact.
 
 Staging is idempotent: an output whose bytes equal what is already there is not
 written again (the needed extensions are still read, to compare).
+
+Staging never writes outside its destination root. Before anything is read or
+written, a manifest is refused (:class:`StagingError`) when an exposure key is not
+a plain file name (``002681-00-1``: letters, digits, ``.``, ``_``, ``-``), when its
+source table is not a plain relative name next to the manifest, when a relative
+data URI climbs out of the manifest's folder (``..``), or when a target file would
+resolve, symbolic links followed, outside the destination root.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
+import re
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from astropy.io import fits
 
+from constellation.io.storage import local_path
 from constellation.manifest import layout
 from constellation.manifest.subtile import (
     AuxFile,
@@ -51,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EXPOSURES_DIR",
     "StageResult",
+    "StagingError",
+    "check_manifest_paths",
     "rename_extension",
     "stage_subtile",
     "staged_exposure_name",
@@ -59,6 +72,12 @@ __all__ = [
 BLOCK = 2880
 CARD = 80
 EXPOSURES_DIR = "exposures"
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class StagingError(ValueError):
+    """A manifest that staging refuses (a path would escape the destination root)."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +263,43 @@ def _write_if_changed(storage: Storage, url: str, payload: bytes) -> bool:
     return True
 
 
+def _is_relative(uri: str) -> bool:
+    return not (uri.startswith("/") or "://" in uri)
+
+
+def _climbs(uri: str) -> bool:
+    return ".." in uri.replace("\\", "/").split("/")
+
+
+def check_manifest_paths(manifest: SubTileManifest) -> None:
+    """Raise :class:`StagingError` unless every path ``manifest`` gives staging is safe:
+    plain exposure names, a plain relative source table, no relative URI with ``..``."""
+    src = manifest.sources.uri
+    if not _is_relative(src) or _climbs(src):
+        raise StagingError(f"sources.uri {src!r} is not a plain relative name next to the manifest")
+    for e in manifest.exposures:
+        if not _SAFE_NAME.fullmatch(e.exposure):
+            raise StagingError(f"exposure key {e.exposure!r} is not a plain file name")
+        for f in (e.det, e.bkg, e.psf):
+            if f is not None and _is_relative(f.uri) and _climbs(f.uri):
+                raise StagingError(
+                    f"{e.exposure} {e.quadrant}: relative URI {f.uri!r} leaves the "
+                    "manifest's folder"
+                )
+
+
+def _inside(root: str, url: str) -> bool:
+    """Whether ``url`` stays under ``root`` (local paths: symbolic links followed)."""
+    root_path, path = local_path(root), local_path(url)
+    if root_path is not None and path is not None:
+        real_root = os.path.realpath(root_path)
+        real = os.path.realpath(path)
+        return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+    base = posixpath.normpath(root.split("://", 1)[-1])
+    target = posixpath.normpath(url.split("://", 1)[-1])
+    return target.startswith(base.rstrip("/") + "/")
+
+
 def stage_subtile(
     manifest_url: str, dest_dir: str, storage: Storage, *, per_subtile: bool = False
 ) -> StageResult:
@@ -251,15 +307,28 @@ def stage_subtile(
 
     With ``per_subtile``, the folder is ``{dest_dir}/{tile}/r{row}_c{col}`` (from the
     manifest's identity) rather than ``dest_dir`` itself.
+
+    Raises
+    ------
+    ManifestError
+        The manifest cannot be read (bad YAML, unknown ``manifest_version``, schema).
+    StagingError
+        A path in the manifest would escape ``dest_dir`` (nothing is read or written).
     """
     t0 = time.perf_counter()
     read0 = storage.stats.snapshot().bytes_read
     manifest: SubTileManifest = parse_manifest(storage.read_bytes(manifest_url))
+    check_manifest_paths(manifest)
+    root = dest_dir
     if per_subtile:
         ident = manifest.identity
         dest_dir = layout.join(
             dest_dir, str(ident.tile_id), layout.subtile_name(ident.row, ident.col)
         )
+    names = [staged_exposure_name(x) for x in {e.exposure for e in manifest.exposures}]
+    for name in [*names, layout.SOURCES_NAME, layout.MANIFEST_NAME]:
+        if not _inside(root, layout.join(dest_dir, name)):
+            raise StagingError(f"{layout.join(dest_dir, name)} would be outside {root}")
     sources = storage.read_bytes(layout.resolve_relative(manifest_url, manifest.sources.uri))
     moved = storage.stats.snapshot().bytes_read - read0
 

@@ -19,6 +19,7 @@ NUMERIC = [
     "assemble_batches",
     "assemble_commits",
     "assemble_data_files",
+    "assemble_added_as_is",
     "assemble_data_mb",
     "assemble_baseline_rss_mb",
     "assemble_peak_rss_mb",
@@ -48,3 +49,4 @@ def test_assemble_benchmark_quick() -> None:
         assert float(values[name]) > 0, name
     assert int(values["assemble_rows"]) == 48 * 200
     assert values["assemble_commits"] == values["assemble_batches"] == "3"
+    assert values["assemble_added_as_is"] == "48"  # every result committed as it is

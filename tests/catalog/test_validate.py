@@ -9,9 +9,15 @@ import pyarrow as pa
 from typer.testing import CliRunner
 
 from constellation.catalog.assemble import assemble
-from constellation.catalog.iceberg import KEY_COLUMN, SOURCES, subtile_key
+from constellation.catalog.iceberg import (
+    KEY_COLUMN,
+    PARTITION_COLUMN,
+    SOURCES,
+    split_key,
+    subtile_key,
+)
 from constellation.catalog.synthetic import synthetic_result
-from constellation.catalog.validate import expected_subtiles, validate
+from constellation.catalog.validate import expected_subtiles, validate, validate_catalog
 from constellation.cli import app
 from constellation.manifest import layout
 from constellation.results.store import write_result
@@ -43,6 +49,35 @@ def test_clean_catalog_passes_strict(field: Field) -> None:
     code, out = _strict(field)
     assert code == 0, out
     assert "PASSED" in out
+
+
+def test_duplicate_across_partitions_is_found(field: Field) -> None:
+    """An object reported by two sub-tiles whose centres are in different partitions
+    (an ownership bug) is still a duplicate: sources are checked by their own position."""
+    field.write(n_sources=6)
+    assemble(field.settings)
+    cat = field.catalog()
+    key = subtile_key(field.tiles[0].tile_id, 1, 1)
+    pairs = cat.read(SOURCES, [KEY_COLUMN, PARTITION_COLUMN])
+    src_pixels = dict(
+        zip(pairs.column(KEY_COLUMN).to_pylist(), pairs.column(PARTITION_COLUMN).to_pylist(),
+            strict=True)
+    )  # fmt: skip
+    other = next(k for k, p in src_pixels.items() if p != src_pixels[key])
+    # Two of sub-tile ``key``'s objects also reported by ``other`` (another partition).
+    rows = cat.read(SOURCES, keys=[key]).select(cat.arrow_schema(SOURCES).names).slice(0, 2)
+    tile, row, col = split_key(other)
+    for name, value in (("tile_id", tile), ("subtile_row", row), ("subtile_col", col),
+                        (KEY_COLUMN, other), (PARTITION_COLUMN, src_pixels[other])):  # fmt: skip
+        i = rows.schema.get_field_index(name)
+        field_i = rows.schema.field(i)
+        rows = rows.set_column(i, field_i, pa.array([value] * 2, field_i.type))
+    cat.replace(SOURCES, [], cat.write_files(SOURCES, rows), {})
+    assert validate(field.settings).duplicate_sources == 2
+    # Read in slices of ~one partition each: every row once, the pair in one slice.
+    report = validate_catalog(field.catalog(), max_rows=6)
+    assert report.sources == 32 * 6 + 2
+    assert report.duplicate_sources == 2
 
 
 def test_strict_fails_on_planted_duplicate(field: Field) -> None:

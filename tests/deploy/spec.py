@@ -17,6 +17,7 @@ import yaml
 __all__ = [
     "CPU_POOL",
     "FLOWS",
+    "MAINTENANCE_FLOW",
     "POOL_TYPES",
     "PREFECT_YAML",
     "RAY_CLUSTER_YAML",
@@ -85,9 +86,24 @@ FLOWS = (
     FlowSpec(
         "flows/reprocess.py:reprocess_field", "reprocess-field", ("config", "tiles"), RAY_POOL
     ),
+    FlowSpec(
+        "flows/maintenance.py:catalog_maintenance",
+        "catalog-maintenance",
+        (
+            "config",
+            "min_files",
+            "older_than_days",
+            "retain_last",
+            "orphan_min_age_hours",
+            "dry_run",
+        ),
+        CPU_POOL,
+    ),
 )
 SCHEDULED_FLOW = "reprocess-field"
 """The flow of the scheduled (cron) field-reprocessing deployment."""
+MAINTENANCE_FLOW = "catalog-maintenance"
+"""The flow of the scheduled (weekly) catalog-maintenance deployment."""
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

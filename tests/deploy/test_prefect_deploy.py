@@ -28,6 +28,7 @@ import pytest
 
 from tests.deploy.spec import (
     FLOWS,
+    MAINTENANCE_FLOW,
     POOL_TYPES,
     PREFECT_YAML,
     REPO_ROOT,
@@ -252,19 +253,22 @@ def test_deployments_match_prefect_yaml(deployed: dict[str, dict[str, Any]]) -> 
             assert got["concurrency"] == (limit["limit"], limit["collision_strategy"]), key
 
 
-def test_field_reprocessing_is_scheduled(deployed: dict[str, dict[str, Any]]) -> None:
+def test_reprocessing_and_maintenance_are_scheduled(
+    deployed: dict[str, dict[str, Any]],
+) -> None:
     scheduled = {k: v for k, v in deployed.items() if v["schedules"]}
-    assert len(scheduled) == 1, sorted(scheduled)
-    [(key, got)] = scheduled.items()
-    assert key.split("/")[0] == SCHEDULED_FLOW
-    dep = _expected()[key]
-    want = sorted(
-        (s["cron"], s.get("timezone"), s.get("active", True), s["slug"], s.get("parameters", {}))
-        for s in dep["schedules"]
-    )
-    assert got["schedules"] == want
-    for cron, timezone, active, _slug, params in got["schedules"]:
-        assert cron
-        assert timezone == "UTC"
-        assert active
-        assert params.get("tiles"), "each field schedule carries its tiles"
+    assert sorted(k.split("/")[0] for k in scheduled) == sorted([MAINTENANCE_FLOW, SCHEDULED_FLOW])
+    for key, got in scheduled.items():
+        dep = _expected()[key]
+        want = sorted(
+            (s["cron"], s.get("timezone"), s.get("active", True), s["slug"],
+             s.get("parameters", {}))
+            for s in dep["schedules"]
+        )  # fmt: skip
+        assert got["schedules"] == want
+        for cron, timezone, active, _slug, params in got["schedules"]:
+            assert cron
+            assert timezone == "UTC"
+            assert active
+            if key.split("/")[0] == SCHEDULED_FLOW:
+                assert params.get("tiles"), "each field schedule carries its tiles"

@@ -17,6 +17,7 @@ import pytest
 from constellation.config import load_config
 from tests.deploy.spec import (
     FLOWS,
+    MAINTENANCE_FLOW,
     POOL_TYPES,
     PREFECT_YAML,
     RAY_CLUSTER_YAML,
@@ -104,22 +105,28 @@ def test_deployment_fields(deployments: list[dict[str, Any]]) -> None:
         assert "pull" not in dep, f"{where}: uses the project-level pull steps"
 
 
-def test_only_the_reprocessing_deployment_is_scheduled(
-    deployments: list[dict[str, Any]],
-) -> None:
+def _cron(schedule: dict[str, Any]) -> Any:
     from prefect.client.schemas.schedules import CronSchedule
 
-    scheduled = [d for d in deployments if d.get("schedules")]
-    assert len(scheduled) == 1, "exactly one scheduled deployment (field reprocessing)"
-    dep = scheduled[0]
-    assert BY_ENTRYPOINT[dep["entrypoint"]].name == SCHEDULED_FLOW
+    assert set(schedule) <= {"cron", "timezone", "slug", "active", "parameters", "day_or"}
+    cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
+    assert cron.timezone == "UTC"
+    return cron
+
+
+def test_only_reprocessing_and_maintenance_are_scheduled(
+    deployments: list[dict[str, Any]],
+) -> None:
+    scheduled = {BY_ENTRYPOINT[d["entrypoint"]].name: d for d in deployments if d.get("schedules")}
+    assert sorted(scheduled) == sorted([SCHEDULED_FLOW, MAINTENANCE_FLOW]), (
+        "exactly two scheduled deployments: field reprocessing and catalog maintenance"
+    )
+    dep = scheduled[SCHEDULED_FLOW]
     slugs = [s.get("slug") for s in dep["schedules"]]
     assert all(slugs), "every schedule has a slug (a field name)"
     assert len(set(slugs)) == len(slugs), f"duplicate schedule slugs {slugs}"
     for schedule in dep["schedules"]:
-        assert set(schedule) <= {"cron", "timezone", "slug", "active", "parameters", "day_or"}
-        cron = CronSchedule(cron=schedule["cron"], timezone=schedule.get("timezone"))
-        assert cron.timezone == "UTC"
+        _cron(schedule)
         assert schedule.get("parameters", {}).get("tiles"), (
             f"schedule {schedule['slug']}: a field schedule names its tiles"
         )
@@ -127,8 +134,22 @@ def test_only_the_reprocessing_deployment_is_scheduled(
         assert params.get("config"), "a scheduled run names its config file"
     # the stage deployments and the on-demand ones say so explicitly: no schedule
     for other in deployments:
-        if other is not dep:
+        if other not in scheduled.values():
             assert other.get("schedules") == [], f"{other['name']}: use `schedules: []`"
+
+
+def test_maintenance_runs_weekly_one_at_a_time(deployments: list[dict[str, Any]]) -> None:
+    [dep] = [d for d in deployments if BY_ENTRYPOINT[d["entrypoint"]].name == MAINTENANCE_FLOW]
+    [schedule] = dep["schedules"]
+    cron = _cron(schedule)
+    minute, hour, day_of_month, month, day_of_week = cron.cron.split()
+    assert (day_of_month, month) == ("*", "*"), "once a week"
+    assert day_of_week.isdigit(), "once a week"
+    assert minute.isdigit()
+    assert hour.isdigit()
+    assert dep["parameters"].get("config"), "the maintained catalog comes from a config file"
+    assert dep["parameters"].get("dry_run") is False
+    assert dep["concurrency_limit"]["limit"] == 1
 
 
 def test_config_files_exist_and_load(deployments: list[dict[str, Any]]) -> None:

@@ -85,6 +85,15 @@ def test_crop_span_ignores_the_quadrant_edges() -> None:
     assert (clipped.ny, clipped.nx) != crop_span(x, y, pad=10)
 
 
+def test_crop_span_is_at_most_a_quadrant() -> None:
+    # a default sub-tile's extended region (10') spans more than a quadrant: the
+    # model's image needs no more than the quadrant, whatever part of it is cut
+    x, y = [-2000.0, 4200.0], [-2100.0, 4150.0]
+    assert crop_span(x, y, pad=64, naxis1=2048, naxis2=2066) == (2066, 2048)
+    assert crop_span(x, y, pad=64, naxis1=2048) == (4150 + 1 + 2100 + 128, 2048)
+    assert crop_span([10.0, 20.0], [30.0, 40.0], pad=4, naxis1=2048, naxis2=2066) == (19, 19)
+
+
 def test_row_byte_range_is_the_rows_of_a_row_major_image() -> None:
     w = CropWindow(x0=5, x1=9, y0=3, y1=7)
     assert w.row_byte_range(data_offset=2880, naxis1=100, itemsize=4) == (

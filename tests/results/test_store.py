@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from constellation.io.storage import Storage
@@ -88,6 +91,33 @@ def test_round_trip_is_exact() -> None:
     assert result.sources.schema.equals(SOURCE_SCHEMA)
     assert result.row == _row()
     assert result.sources.equals(_sources(3))
+
+
+def test_subtile_row_round_trip_is_exact_for_awkward_values() -> None:
+    """The sub-tile row travels as JSON in the footer: floats must survive to the bit."""
+    awkward = _row(g1=0.1 + 0.2, g2=-0.0, g1_err=5e-324, g2_err=float("inf"),
+                   g1_g2_cov=float("nan"), convergence=None, error="quote \" and ünïcode",
+                   finished_at=datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=UTC))  # fmt: skip
+    row = decode_result(encode_result(awkward, _sources(1))).row
+    assert math.isnan(row.pop("g1_g2_cov"))
+    expected = {k: v for k, v in awkward.items() if k != "g1_g2_cov"}
+    assert row == expected
+    assert math.copysign(1.0, row["g2"]) == -1.0
+
+
+def test_results_of_earlier_versions_are_read() -> None:
+    """Before this layout: the source columns only, the sub-tile row as a base64 Arrow
+    IPC stream in the metadata."""
+    sub = pa.Table.from_pylist([_row()], schema=SUBTILE_SCHEMA)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, sub.schema) as writer:
+        writer.write_table(sub)
+    meta = {b"constellation.subtile": base64.b64encode(sink.getvalue().to_pybytes())}
+    buf = pa.BufferOutputStream()
+    pq.write_table(_sources(2).replace_schema_metadata(meta), buf)
+    result = decode_result(buf.getvalue().to_pybytes())
+    assert result.row == _row()
+    assert result.sources.equals(_sources(2))
 
 
 def test_unknown_columns_are_refused() -> None:
