@@ -805,7 +805,7 @@ class ShearCatalog:
         pixels = None if None in groups else {p for p in groups if p is not None}
         wanted = {k for values in groups.values() for k in values}
         ordered = sorted(wanted)
-        whole: list[DataFile] = []
+        whole: list[tuple[int, DataFile]] = []
         mixed: dict[int | None, set[int]] = {}
         for manifest in snapshot.manifests(table.io):
             if manifest.content != ManifestContent.DATA:
@@ -823,13 +823,16 @@ class ShearCatalog:
                 high = _LONG.unpack(upper)[0] if upper is not None else ordered[-1]
                 if low == high and lower is not None and upper is not None:
                     if low in wanted:
-                        whole.append(data_file)
+                        whole.append((low, data_file))
                     continue
                 start = bisect.bisect_left(ordered, low)
                 inside = ordered[start : bisect.bisect_right(ordered, high)]
                 if inside:
                     mixed.setdefault(None if pixels is None else pixel, set()).update(inside)
-        return whole, mixed
+        # A key deleted row by row (some file's range holds it) has its own files dropped
+        # by that delete too: dropping them again would fail the commit.
+        by_rows = {k for keys in mixed.values() for k in keys}
+        return [f for k, f in whole if k not in by_rows], mixed
 
     def replace(
         self,

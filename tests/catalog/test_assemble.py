@@ -124,6 +124,33 @@ def test_reprocessed_subtile_replaces_its_rows(field: Field) -> None:
     assert pc.count_distinct(sub.column(KEY_COLUMN)).as_py() == 32
 
 
+def test_repeated_partial_reassembly(field: Field) -> None:
+    """Sub-tiles re-assembled round after round, alone and in groups: a key whose own
+    ``subtiles`` file lies inside another file's key range is deleted once, not twice."""
+    tile = field.tiles[0]
+    field.write([tile], n_sources=3)
+    assemble(field.settings, batch_size=16)
+    rounds = [[(1, 1)], [(1, 1), (1, 2)], [(1, 1)], [(0, 0), (1, 1), (3, 3)]]
+    for i, cells in enumerate(rounds):
+        for row, col in cells:
+            res = synthetic_result(
+                tile.subtile(GRID, row, col), n_sources=3, rng=np.random.default_rng(i),
+                config_hash=field.settings.config_hash, run_id=f"round-{i}",
+            )  # fmt: skip
+            directory = layout.subtile_dir(field.work, tile.tile_id, row, col)
+            write_result(field.storage, directory, res.row, res.sources)
+        report = assemble(field.settings, batch_size=16)
+        assert report.subtiles_committed == len(cells)
+        assert report.conflicts == 0
+    cat = field.catalog()
+    sub = cat.read(SUBTILES)
+    assert sub.num_rows == 16
+    assert pc.count_distinct(sub.column(KEY_COLUMN)).as_py() == 16
+    assert cat.read(SOURCES).num_rows == 48
+    last = sub.filter(pc.equal(sub.column(KEY_COLUMN), subtile_key(tile.tile_id, 3, 3)))
+    assert last.column("run_id").to_pylist() == ["round-3"]
+
+
 def test_failed_subtiles_recorded_without_sources(field: Field) -> None:
     t = field.tiles[0].tile_id
     field.write(failed=((t, 0, 0), (t, 3, 1)))
