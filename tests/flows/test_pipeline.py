@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,12 @@ def _rows(config: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def run(
     prefect_api: str, prepared_field: PreparedField, tmp_path_factory: pytest.TempPathFactory
-) -> Run:
+) -> Iterator[Run]:
+    """The pipeline twice on 2 tiles. The first run starts (and stops) its own local Ray
+    from the configuration, as ``constellation run`` does; the later flow runs of this
+    module join one Ray started here (a Ray start and stop costs ~5-10 s on 2 cores)."""
+    import ray
+
     from constellation.inference import clear_backends
     from flows.pipeline import pipeline
 
@@ -48,8 +54,16 @@ def run(
     config = write_config(base / "config.yaml", data, work)
     tiles = list(prepared_field.tile_ids[:2])  # 32 sub-tiles keep the suite quick
     first = pipeline(config=str(config), tiles=tiles, run_id="first")
-    second = pipeline(config=str(config), tiles=tiles, run_id="second", report=False)
-    return Run(config, data, work, first, second)
+    assert not ray.is_initialized()  # the run stopped the Ray it started
+    ray.init(
+        num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING",
+        runtime_env={"env_vars": {"PREFECT_API_URL": prefect_api, "DO_NOT_TRACK": "1"}},
+    )  # fmt: skip
+    try:
+        second = pipeline(config=str(config), tiles=tiles, run_id="second", report=False)
+        yield Run(config, data, work, first, second)
+    finally:
+        ray.shutdown()
 
 
 def test_pipeline_runs_every_subtile_once_on_a_gpu(run: Run) -> None:
