@@ -33,7 +33,6 @@ many small files, which ``constellation`` maintenance compacts.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import logging
@@ -76,7 +75,6 @@ from constellation.io.storage import Storage, local_path, storage_from_config
 from constellation.manifest import layout
 from constellation.results.schema import partition_pixel
 from constellation.results.store import (
-    ResultMarker,
     decode_result,
     read_footer,
     read_marker,
@@ -110,14 +108,12 @@ _SUBTILE_DIR = re.compile(r"/tiles/(\d+)/subtiles/r(\d+)_c(\d+)/?$")
 
 @dataclass(frozen=True)
 class ResultRef:
-    """A sub-tile result found under the work root: identity, directory and, when it
-    was read, its done marker."""
+    """A sub-tile result found under the work root: identity and directory."""
 
     tile_id: int
     row: int
     col: int
     directory: str
-    marker: ResultMarker | None = None
 
     @property
     def key(self) -> int:
@@ -208,13 +204,9 @@ def find_results(
     storage: Storage,
     work_uri: str,
     tiles: Iterable[int] | None = None,
-    *,
-    executor: ThreadPoolExecutor | None = None,
-    with_markers: bool = True,
 ) -> list[ResultRef]:
     """The results (with a done marker) of ``tiles``, or of every tile under
-    ``work_uri``, sorted by sub-tile key; with ``with_markers`` each with its marker
-    read (results whose marker cannot be read are left out)."""
+    ``work_uri``, sorted by sub-tile key (the markers are not read)."""
     if tiles is None:
         patterns = [layout.join(work_uri, "tiles", "*", "subtiles", "*", layout.RESULT_DONE_NAME)]
     else:
@@ -235,15 +227,7 @@ def find_results(
             if ident is not None:
                 refs.append(ResultRef(*ident, layout.subtile_dir(work_uri, *ident)))
     refs.sort(key=lambda r: r.key)
-    if not with_markers:
-        return refs
-
-    def load(ref: ResultRef) -> ResultRef | None:
-        marker = read_marker(storage, ref.directory)
-        return None if marker is None else dataclasses.replace(ref, marker=marker)
-
-    loaded = [load(r) for r in refs] if executor is None else list(executor.map(load, refs))
-    return [r for r in loaded if r is not None]
+    return refs
 
 
 # --------------------------------------------------------------------------- batches
@@ -369,21 +353,8 @@ def _prepare_one(
         src = src.filter(pa.array(own))
     src = src.append_column(KEY_COLUMN, pa.array(np.full(kept, ref.key, np.int64)))
     src = src.append_column(PARTITION_COLUMN, pa.array(np.full(kept, pixel, np.int64)))
-    data_file = writer.write(_conform(src, writer.arrow_schema), pixel) if kept else None
+    data_file = writer.write(writer.conform(src), pixel) if kept else None
     return _Prepared(ref, sha, status, sub, pixel, data_file, kept, n - kept, as_is=False)
-
-
-def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``data`` cast to a data-file schema; columns it lacks become nulls."""
-    names = set(data.column_names)
-    columns = [
-        (data.column(f.name) if data.schema.field(f.name).type == f.type
-         else data.column(f.name).cast(f.type))
-        if f.name in names
-        else pa.nulls(data.num_rows, f.type)
-        for f in schema
-    ]  # fmt: skip
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 def _subtile_rows(
@@ -496,7 +467,7 @@ def assemble_results(
     props = {PROP_RUN_ID: run, PROP_CONFIG_HASH: config_hash, PROP_CODE_VERSION: __version__}
 
     with ThreadPoolExecutor(nworkers, thread_name_prefix="assemble") as pool:
-        refs = find_results(storage, work_uri, tile_list, with_markers=False)
+        refs = find_results(storage, work_uri, tile_list)
         report.found = len(refs)
         committed_table = catalog.read(SUBTILES, [KEY_COLUMN, SHA_COLUMN], tiles=tile_list)
         committed = dict(

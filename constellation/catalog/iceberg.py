@@ -683,20 +683,7 @@ class ShearCatalog:
         construction): nullable columns the batch lacks become nulls (an older writer, a
         newer table); extra columns are an error (call :meth:`evolve` first)."""
         target = schema if schema is not None else self.file_schema(name)
-        names = data.column_names
-        extra = sorted(set(names) - set(target.names))
-        if extra:
-            raise ValueError(f"{self.identifier(name)} has no columns {extra}: evolve it first")
-        columns = []
-        for field in target:
-            if field.name in names:
-                column = data.column(field.name)
-                columns.append(column if column.type == field.type else column.cast(field.type))
-            elif field.nullable:
-                columns.append(pa.nulls(data.num_rows, field.type))
-            else:
-                raise ValueError(f"batch lacks required column {field.name!r} of {name}")
-        return pa.Table.from_arrays(columns, schema=target)
+        return _conform(data, target, self.identifier(name))
 
     def file_writer(self, name: str) -> DataFileWriter:
         """A :class:`DataFileWriter` for table ``name`` at its current metadata."""
@@ -934,6 +921,24 @@ def _may_hold(manifest: ManifestFile, pixels: set[int]) -> bool:
         return True
     first, last = _LONG.unpack(low)[0], _LONG.unpack(high)[0]
     return any(first <= p <= last for p in pixels)
+
+
+def _conform(data: pa.Table, target: pa.Schema, table: str) -> pa.Table:
+    """See :meth:`ShearCatalog.conform` (``table`` names the table in errors)."""
+    names = data.column_names
+    extra = sorted(set(names) - set(target.names))
+    if extra:
+        raise ValueError(f"{table} has no columns {extra}: evolve it first")
+    columns = []
+    for field in target:
+        if field.name in names:
+            column = data.column(field.name)
+            columns.append(column if column.type == field.type else column.cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(data.num_rows, field.type))
+        else:
+            raise ValueError(f"batch lacks required column {field.name!r} of {table}")
+    return pa.Table.from_arrays(columns, schema=target)
 
 
 def _file_schema(schema: Schema) -> pa.Schema:
@@ -1178,6 +1183,10 @@ class DataFileWriter:
             with open(local, "wb") as f:  # ~5x cheaper than through the FileIO for ~150 kB
                 f.write(data)
         return self._data_file(path, key, metadata, len(data))
+
+    def conform(self, data: pa.Table) -> pa.Table:
+        """``data`` cast to :attr:`arrow_schema` (see :meth:`ShearCatalog.conform`)."""
+        return _conform(data, self.arrow_schema, self.identifier)
 
     def write(self, data: pa.Table, pixel: int) -> DataFile:
         """Write ``data`` (conformed to :attr:`arrow_schema`; see
