@@ -452,6 +452,22 @@ class RayConfig(_Section):
         ge=0,
         description="Ray retries of a sub-tile task whose worker died (node lost, OOM).",
     )
+    log_to_driver: bool = Field(
+        default=False,
+        description=(
+            "Print the Ray workers' output on the driver's terminal; false keeps it in "
+            "Ray's log files and the Prefect task logs."
+        ),
+    )
+    preflight_timeout_s: float = Field(
+        default=600.0,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "Seconds the preflight waits for a worker to take its probe task (a cluster "
+            "may have to start a GPU node first)."
+        ),
+    )
 
 
 class RuntimeConfig(_Section):
@@ -470,7 +486,10 @@ class RuntimeConfig(_Section):
     task_retries: int = Field(
         default=1,
         ge=0,
-        description="Prefect retries of a sub-tile whose inference raised (application errors).",
+        description=(
+            "Prefect retries of a sub-tile that failed with a retryable error (I/O, network); "
+            "deterministic failures are not retried."
+        ),
     )
     tiles_per_subflow: int = Field(
         default=64,

@@ -24,12 +24,34 @@ def assemble_task(payload: str, tiles: list[int] | None, run_id: str) -> dict[st
 
 
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)
-def validate_task(payload: str, tiles: list[int] | None) -> dict[str, Any]:
-    """Validate the catalog against the prepared sub-tiles; return the summary."""
+def validate_task(
+    payload: str, tiles: list[int] | None, expect_run: bool = False, allow_failed: bool = False
+) -> dict[str, Any]:
+    """Validate the catalog against the prepared sub-tiles; return the summary.
+
+    ``expect_run``: every sub-tile row must come from this configuration's backend and
+    science config hash (the validation after a run); ``allow_failed``: failed
+    sub-tiles are not a violation.
+    """
     from constellation.catalog.validate import validate
 
-    report = validate(settings_from_json(payload), tiles=tiles)
-    return {"ok": report.ok, "summary": report.summary(), "violations": report.n_violations}
+    settings = settings_from_json(payload)
+    report = validate(
+        settings,
+        tiles=tiles,
+        allow_failed=allow_failed,
+        expect_backend=settings.science.backend.name if expect_run else None,
+        expect_config_hash=settings.config_hash if expect_run else None,
+    )
+    return {
+        "ok": report.ok,
+        "summary": report.summary(),
+        "violations": report.n_violations,
+        "problems": [
+            f"{v.kind} ({v.count}): {v.detail}" + (f", e.g. {v.examples[0]}" if v.examples else "")
+            for v in report.violations
+        ],
+    }
 
 
 @task(name="report", cache_policy=NO_CACHE, persist_result=False)

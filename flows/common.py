@@ -1,33 +1,154 @@
-"""What the flows share: settings transport, Ray start-up, the Prefect API URL for workers.
+"""What the flows share: settings transport, Ray start-up, the Prefect API URL for
+workers, and stopping cleanly on SIGINT / SIGTERM.
 
 Flows take the *path* of a configuration file (a deployment parameter) and pass
 the resolved settings to their tasks as a JSON string: small, serialisable, and
 identical on every Ray worker whatever its environment. Tasks parse it once per
 process (:func:`settings_from_json` is cached).
+
+A flow decorated with :func:`cancellable` ends ``Cancelled`` (not ``Crashed``) when
+the process is interrupted (SIGINT raises ``KeyboardInterrupt``; Prefect turns
+SIGTERM into ``TerminationSignal``) or when a sub-flow run was cancelled; whoever
+holds Ray tasks cancels them on the way out (:mod:`flows.infer`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import secrets
-from collections.abc import Iterator
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
+
+from prefect.exceptions import CancelledRun, TerminationSignal
+from prefect.states import Cancelled
 
 from constellation.config import Settings, load_config
 from constellation.io.storage import Storage, storage_from_config
 
 __all__ = [
+    "STOP_SIGNALS",
+    "cancellable",
+    "deferred_stop_signals",
+    "last_stop_signal",
     "load_settings",
     "new_run_id",
     "prefect_api_url",
+    "progress",
     "ray_session",
+    "set_progress_reporter",
     "settings_from_json",
     "settings_json",
     "storage_for",
 ]
+
+
+#: What stops a flow run from outside: Ctrl-C, SIGTERM, a cancelled sub-flow run.
+STOP_SIGNALS: tuple[type[BaseException], ...] = (KeyboardInterrupt, TerminationSignal, CancelledRun)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_LAST_SIGNAL: dict[str, int] = {}
+
+
+def _signal_of(exc: BaseException) -> int | None:
+    if isinstance(exc, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    if isinstance(exc, TerminationSignal):
+        return int(exc.signal)
+    return _LAST_SIGNAL.get("signal")
+
+
+def _stop_exception(signum: int) -> BaseException:
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return TerminationSignal(signal=signum)
+
+
+@contextmanager
+def deferred_stop_signals() -> Iterator[Callable[[], None]]:
+    """Within the block, SIGINT and SIGTERM are only recorded; the ``check`` function it
+    yields raises the matching exception (``KeyboardInterrupt``, ``TerminationSignal``)
+    at a point of the caller's choosing.
+
+    Waiting on Ray (``ray.wait``, ``ray.get``) is C code: an exception raised by a
+    signal handler inside it comes back as a ``SystemError``, and a long wait may not
+    return to Python at all. Loops that wait on Ray in short slices and call ``check``
+    between them stop within a slice of the signal.
+    """
+    received: list[int] = []
+
+    def record(signum: int, frame: object) -> None:
+        received.append(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, record)
+
+    def check() -> None:
+        if received:
+            raise _stop_exception(received[0])
+
+    try:
+        yield check
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    check()  # a signal that came after the caller's last check
+
+
+def last_stop_signal() -> int | None:
+    """The signal that last stopped a flow run of this process (None: none did)."""
+    return _LAST_SIGNAL.get("signal")
+
+
+def cancellable(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Make a flow body end in a ``Cancelled`` state when it is stopped (see the
+    module docstring) instead of crashing. Put it under ``@flow``."""
+
+    @functools.wraps(fn)
+    def body(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except STOP_SIGNALS as exc:
+            signum = _signal_of(exc)
+            if signum is not None:
+                _LAST_SIGNAL["signal"] = signum
+            name = signal.Signals(signum).name if signum is not None else type(exc).__name__
+            # a flow returning a state ends in it; the caller of the flow gets CancelledRun
+            return Cancelled(message=f"stopped by {name}")  # type: ignore[return-value]
+
+    return body
+
+
+_REPORTER: dict[str, Callable[[str], None]] = {}
+
+
+def set_progress_reporter(reporter: Callable[[str], None] | None) -> None:
+    """Where :func:`progress` lines go besides the flow run's log (the CLI: the terminal)."""
+    if reporter is None:
+        _REPORTER.pop("fn", None)
+    else:
+        _REPORTER["fn"] = reporter
+
+
+def progress(message: str) -> None:
+    """A progress line: to the flow run's log (Prefect UI) and to the reporter, if any."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    if FlowRunContext.get() is not None or TaskRunContext.get() is not None:
+        from prefect import get_run_logger
+
+        get_run_logger().info("%s", message)
+    reporter = _REPORTER.get("fn")
+    if reporter is not None:
+        reporter(message)
 
 
 def load_settings(config: str | None) -> Settings:
@@ -97,11 +218,17 @@ def ray_session(settings: Settings, api_url: str | None) -> Iterator[dict[str, A
 
     if os.environ.get("RAY_ENABLE_UV_RUN_RUNTIME_ENV") == "0":
         ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
+    # Ray's notice that token authentication is on (it is, by default): not for the terminal
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
     address = settings.runtime.ray.address
     kwargs: dict[str, Any] = {
         "runtime_env": {"env_vars": _worker_env(api_url)},
         "logging_level": "WARNING",
-        "log_to_driver": True,
+        # workers' output (tracebacks, JAX warnings) stays in Ray's log files and the
+        # Prefect task logs unless asked for: the terminal shows one line per cause
+        "log_to_driver": settings.runtime.ray.log_to_driver,
     }
     if address is None:
         kwargs["include_dashboard"] = False

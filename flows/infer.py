@@ -2,21 +2,29 @@
 
 Structure of a run::
 
-    infer-subtiles (flow)                 Ray started / joined once
+    infer-subtiles (flow)                 Ray started / joined once, then the preflight
       infer-batch (sub-flow) x ceil(tiles / runtime.tiles_per_subflow)
         infer-subtile (task) x sub-tiles  RayTaskRunner, remote_options(num_gpus=...)
 
+* Before any sub-tile is dispatched, :func:`flows.preflight.preflight` checks that
+  the cluster can ever hold a task's resource request and that the backend builds
+  on a worker; otherwise the run stops at once with the cause and the fix.
 * Each task wraps :func:`constellation.stages.infer.infer_subtile`; its inputs are
   the settings JSON, a manifest URL and the run id.
 * Ray workers are reused across tasks (``max_calls=0``) so the backend (SHINE and
   its compiled model) stays warm in each worker process.
 * At most ``runtime.max_in_flight`` sub-tiles are submitted at a time (Ray's
   "limit pending tasks" pattern): a flow never floods the scheduler.
-* A sub-tile whose inference raises writes a ``failed`` result, and the task
-  raises so Prefect retries it (``runtime.task_retries``); a lost worker is
-  retried by Ray (``runtime.ray.max_retries``).
-* Resumable: sub-tiles with an ``ok`` result from the same manifest bytes and
-  backend return ``done`` at once.
+* Outcomes are typed (:mod:`constellation.stages.infer`): a ``skipped`` sub-tile
+  completes; a ``failed`` one writes its result and fails the task, which Prefect
+  retries (``runtime.task_retries``) only when the failure is retryable (I/O); a
+  lost worker is retried by Ray (``runtime.ray.max_retries``); a backend that cannot
+  run stops the batch. The summary groups failures and skips by cause.
+* Resumable: sub-tiles with an ``ok`` or ``skipped`` result from the same manifest
+  bytes and backend return ``done`` at once.
+* SIGINT / SIGTERM: the sub-tiles in flight are cancelled on Ray (their workers
+  killed, so no result is half-written: results are written atomically) and the
+  flow runs end ``Cancelled``.
 """
 
 from __future__ import annotations
@@ -24,19 +32,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from constellation.inference import BackendError, get_backend
+from constellation.inference import BackendUnavailableError, get_backend
 from constellation.manifest import layout
-from constellation.stages.infer import infer_subtile
+from constellation.stages.infer import OutcomeSummary, SubTileFailedError, classify, infer_subtile
 from flows.common import (
+    STOP_SIGNALS,
+    cancellable,
+    deferred_stop_signals,
     load_settings,
     new_run_id,
     prefect_api_url,
+    progress,
     ray_session,
     settings_from_json,
     settings_json,
@@ -49,36 +62,32 @@ __all__ = [
     "infer_batch",
     "infer_subtile_task",
     "infer_subtiles",
+    "run_inference",
 ]
 
 
-class SubTileFailedError(RuntimeError):
-    """Raised by the task after writing a ``failed`` result, so Prefect retries it."""
-
-
-class BackendUnavailableError(RuntimeError):
-    """The backend cannot be built on the workers (e.g. SHINE not installed there)."""
-
-
-def _retry_unless_backend_unavailable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: retrying cannot help when the backend cannot be built."""
+def _retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: only failures that a retry can fix (by exception type)."""
     try:
         state.result()
-    except BackendError:
-        return False
-    except Exception:
-        return True
-    return True
+    except Exception as exc:
+        return classify(exc).retryable
+    return False
 
 
 @task(
     name="infer-subtile",
     cache_policy=NO_CACHE,
     persist_result=False,
-    retry_condition_fn=_retry_unless_backend_unavailable,
+    retry_condition_fn=_retry_if_retryable,
 )
 def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool) -> dict[str, Any]:
-    """Infer one sub-tile (see :func:`constellation.stages.infer.infer_subtile`)."""
+    """Infer one sub-tile (see :func:`constellation.stages.infer.infer_subtile`).
+
+    Returns the outcome (ok, skipped, done); raises :class:`SubTileFailedError` for a
+    failed sub-tile (its result is written) and :class:`BackendUnavailableError` when
+    the backend cannot run here.
+    """
     settings = settings_from_json(payload)
     outcome = infer_subtile(
         manifest_url,
@@ -91,9 +100,9 @@ def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool
         expected_config_hash=settings.config_hash,
     )
     if outcome.status == "failed":
-        raise SubTileFailedError(
-            f"tile {outcome.tile_id} r{outcome.row}_c{outcome.col}: {outcome.error}"
-        )
+        raise SubTileFailedError.from_outcome(outcome)
+    if outcome.status == "unavailable":
+        raise BackendUnavailableError(outcome.error or "the backend cannot run")
     return {**asdict(outcome), "node": _node_id()}
 
 
@@ -115,85 +124,122 @@ def tile_manifests(payload: str, tiles: list[int]) -> list[str]:
     return urls
 
 
-def _wait_any(pending: list[Any]) -> list[Any]:
-    """Block until at least one of ``pending`` (PrefectRayFutures) is finished; return those."""
+def _wait_any(pending: list[Any], check: Callable[[], None]) -> list[Any]:
+    """Block until at least one of ``pending`` (PrefectRayFutures) is finished; return those.
+
+    Waits in slices of half a second, calling ``check`` (which raises on SIGINT /
+    SIGTERM, see :func:`flows.common.deferred_stop_signals`) between them.
+    """
     import ray
 
     refs = {f.wrapped_future: f for f in pending}
-    ray.wait(list(refs), num_returns=1)
+    ready: list[Any] = []
+    while not ready:
+        check()
+        ready, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
     # then everything else that is ready too: one pass of the driver loop per wake-up
     ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
     return [refs[r] for r in ready]
 
 
+def _cancel(pending: list[Any]) -> None:
+    """Cancel sub-tile tasks on Ray, killing their workers (results are atomic)."""
+    import ray
+
+    for fut in pending:
+        try:
+            ray.cancel(fut.wrapped_future, force=True)
+        except Exception as exc:  # already finished, or Ray is going away
+            logging.getLogger(__name__).debug("cancel: %s", exc)
+
+
+def _record(summary: OutcomeSummary, nodes: Counter[str], fut: Any) -> str:
+    """Add one finished future to the summary; return its status."""
+    fut.wait()  # the object is ready: this records the final state returned by Ray
+    state = fut.state
+    if state.is_completed():
+        value = fut.result()
+        label = f"tile {value['tile_id']} r{value['row']}_c{value['col']}"
+        summary.add(value["status"], value.get("cause"), f"{label}: {value.get('error')}")
+        nodes[str(value["node"])] += 1
+        return str(value["status"])
+    exc = state.result(raise_on_failure=False)
+    if not isinstance(exc, BaseException):  # a crashed state without an exception
+        summary.add("failed", state.name, str(state.message))
+        return "failed"
+    verdict = classify(exc)
+    status = "unavailable" if verdict.status == "unavailable" else "failed"
+    summary.add(status, verdict.cause, str(exc))
+    return status
+
+
 @flow(name="infer-batch", log_prints=False, persist_result=False)
+@cancellable
 def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False) -> dict[str, Any]:
     """Infer every prepared sub-tile of ``tiles`` (a sub-flow run on Ray)."""
     from prefect_ray.context import remote_options
 
-    log = get_run_logger()
     settings = settings_from_json(payload)
     ray_cfg = settings.runtime.ray
     urls = tile_manifests(payload, tiles)
     runner = infer_subtile_task.with_options(retries=settings.runtime.task_retries)
-    counts: Counter[str] = Counter()
+    summary = OutcomeSummary()
     nodes: Counter[str] = Counter()
-    failures: list[str] = []
-    broken: list[str] = []
     pending: list[Any] = []
+    unavailable = False
     t0 = time.perf_counter()
     step = max(1, len(urls) // 10)
 
     def collect(done: list[Any]) -> None:
+        nonlocal unavailable
         for fut in done:
             pending.remove(fut)
-            fut.wait()  # the object is ready: this records the final state returned by Ray
-            state = fut.state
-            if state.is_completed():
-                value = fut.result()
-                counts[value["status"]] += 1
-                nodes[str(value["node"])] += 1
-            else:
-                counts["failed"] += 1
-                message = str(state.message or state.name)
-                failures.append(message)
-                if "BackendError" in message:
-                    broken.append(message)
-            finished = sum(counts.values())
+            unavailable |= _record(summary, nodes, fut) == "unavailable"
+            finished = sum(summary.counts.values())
             if finished % step == 0 or finished == len(urls):
-                log.info(
-                    "infer: %d/%d sub-tiles (%s) in %.1f s",
-                    finished, len(urls), dict(counts), time.perf_counter() - t0,
-                )  # fmt: skip
+                counts = ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items()))
+                progress(
+                    f"infer: {finished}/{len(urls)} sub-tiles of {len(tiles)} tile(s) "
+                    f"({counts}) in {time.perf_counter() - t0:.1f} s"
+                )
 
-    with remote_options(
-        num_gpus=ray_cfg.num_gpus_per_task,
-        num_cpus=ray_cfg.num_cpus_per_task,
-        max_retries=ray_cfg.max_retries,
-        max_calls=0,
-    ):
-        for url in urls:
-            while len(pending) >= settings.runtime.max_in_flight:
-                collect(_wait_any(pending))
-            if broken:
-                break
-            pending.append(runner.submit(payload, url, run_id, force))
-        while pending:
-            collect(_wait_any(pending))
-    if broken:
+    try:
+        with (
+            deferred_stop_signals() as check,
+            remote_options(
+                num_gpus=ray_cfg.num_gpus_per_task,
+                num_cpus=ray_cfg.num_cpus_per_task,
+                max_retries=ray_cfg.max_retries,
+                max_calls=0,
+            ),
+        ):
+            for url in urls:
+                while len(pending) >= settings.runtime.max_in_flight:
+                    collect(_wait_any(pending, check))
+                if unavailable:
+                    break
+                check()
+                pending.append(runner.submit(payload, url, run_id, force))
+            if unavailable:
+                _cancel(pending)
+            while pending:
+                collect(_wait_any(pending, check))
+    except STOP_SIGNALS:
+        _cancel(pending)
+        raise
+    if unavailable:
+        example = next(
+            (summary.examples[k] for k in summary.by_cause if k[0] == "unavailable"), "?"
+        )
         raise BackendUnavailableError(
             f"the {settings.science.backend.name!r} backend cannot run on the Ray workers; "
-            f"stopped after {sum(counts.values())} of {len(urls)} sub-tiles: {broken[0]}"
+            f"stopped after {sum(summary.counts.values())} of {len(urls)} sub-tiles: {example}"
         )
-    return {
-        "subtiles": len(urls),
-        "counts": dict(counts),
-        "nodes": dict(nodes),
-        "failures": failures[:50],
-    }
+    return {"subtiles": len(urls), "nodes": dict(nodes), **summary.to_dict()}
 
 
 @flow(name="infer-subtiles", log_prints=False, persist_result=False)
+@cancellable
 def infer_subtiles(
     config: str | None = None,
     tiles: list[int] | None = None,
@@ -216,9 +262,16 @@ def prepared_tiles(payload: str) -> list[int]:
 
 
 def run_inference(
-    settings: Any, tiles: list[int] | None, run_id: str, force: bool = False
+    settings: Any, tiles: list[int] | None, run_id: str, force: bool = False, check: bool = True
 ) -> dict[str, Any]:
-    """The body of :func:`infer_subtiles`, callable from other flows."""
+    """The body of :func:`infer_subtiles`, callable from other flows.
+
+    Starts or joins Ray, runs the preflight unless ``check`` is false (the caller ran
+    it; :class:`flows.preflight.PreflightError` when the sub-tiles cannot run), then
+    the batches. The result's ``counts`` are per status, ``causes`` the failures and
+    skips grouped by cause (one example each).
+    """
+    from flows.preflight import preflight
     from flows.runner import SubTileRayTaskRunner
 
     log = get_run_logger()
@@ -226,12 +279,17 @@ def run_inference(
     chosen = sorted(set(tiles or settings.runtime.tiles or prepared_tiles(payload)))
     size = settings.runtime.tiles_per_subflow
     batches = [chosen[i : i + size] for i in range(0, len(chosen), size)]
-    totals: Counter[str] = Counter()
+    summary = OutcomeSummary()
     nodes: Counter[str] = Counter()
-    failures: list[str] = []
     n = 0
     t0 = time.perf_counter()
     with ray_session(settings, prefect_api_url()):
+        if check and batches:
+            probe = preflight(settings, payload)
+            progress(
+                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
+                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
+            )
         for i, batch in enumerate(batches):
             sub = infer_batch.with_options(
                 task_runner=SubTileRayTaskRunner(),
@@ -239,20 +297,23 @@ def run_inference(
             )
             out = sub(payload, batch, run_id, force)
             n += out["subtiles"]
-            totals.update(out["counts"])
+            summary.merge(OutcomeSummary.from_dict(out))
             nodes.update(out["nodes"])
-            failures.extend(out["failures"])
     seconds = time.perf_counter() - t0
     log.info(
-        "inferred %d sub-tiles of %d tiles in %.1f s: %s", n, len(chosen), seconds, dict(totals)
-    )
+        "inferred %d sub-tiles of %d tiles in %.1f s: %s",
+        n, len(chosen), seconds, dict(summary.counts),
+    )  # fmt: skip
+    for line in summary.lines():
+        log.warning("infer: %s", line)
     return {
         "run_id": run_id,
         "tiles": len(chosen),
         "subtiles": n,
-        "counts": dict(totals),
+        **summary.to_dict(),
         "nodes": dict(nodes),
-        "failures": failures[:50],
+        "backend": settings.science.backend.name,
+        "config_hash": settings.config_hash,
         "seconds": seconds,
     }
 

@@ -1,4 +1,15 @@
-"""The end-to-end pipeline flow: index -> prepare -> infer (Ray) -> assemble -> validate."""
+"""The end-to-end pipeline flow: preflight -> index -> prepare -> infer (Ray) -> assemble
+-> validate -> report.
+
+The preflight (:mod:`flows.preflight`) comes first: a run whose sub-tiles could
+never run stops within seconds, before indexing and preparing. The validation at
+the end checks *this run's* backend and science configuration: it never passes on
+results made by another backend or under another configuration.
+
+The flow run ends ``Failed`` (its message names the causes; its data is the
+summary) when a sub-tile failed or the validation failed, unless
+``allow_failures``; ``Cancelled`` when stopped by SIGINT / SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +17,25 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.assemble import assemble_task, report_task, validate_task
-from flows.common import load_settings, new_run_id, settings_json
+from flows.common import (
+    cancellable,
+    load_settings,
+    new_run_id,
+    prefect_api_url,
+    progress,
+    ray_session,
+    settings_json,
+)
 from flows.index import build_index_task, resolve_registry_task
 from flows.infer import run_inference
 from flows.prepare import run_prepare
 from flows.reprocess import save_state
 
-__all__ = ["pipeline", "run_pipeline"]
+__all__ = ["failure_message", "pipeline", "run_pipeline"]
 
 
 def run_pipeline(
@@ -25,32 +45,48 @@ def run_pipeline(
     report: bool = True,
     settings: Any | None = None,
     force: bool = False,
+    allow_failures: bool = False,
 ) -> dict[str, Any]:
     """The body of :func:`pipeline` (inside a flow run)."""
+    from flows.preflight import preflight
+
     log = get_run_logger()
     settings = settings or load_settings(config)
     payload = settings_json(settings)
     rid = run_id or new_run_id()
     times: dict[str, float] = {}
 
-    t = time.perf_counter()
-    known = resolve_registry_task(payload, tiles)
-    chosen = sorted(set(tiles or settings.runtime.tiles or known))
-    index = build_index_task(payload)
-    times["index_s"] = time.perf_counter() - t
+    with ray_session(settings, prefect_api_url()):
+        t = time.perf_counter()
+        probe = preflight(settings, payload)
+        times["preflight_s"] = time.perf_counter() - t
+        progress(
+            f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds on "
+            f"the Ray workers (computes on: {probe.get('device') or '-'})"
+        )
+        t = time.perf_counter()
+        known = resolve_registry_task(payload, tiles)
+        chosen = sorted(set(tiles or settings.runtime.tiles or known))
+        index = build_index_task(payload)
+        times["index_s"] = time.perf_counter() - t
+        progress(f"index: {index['quadrant_exposures']} quadrant exposures")
 
-    t = time.perf_counter()
-    prepared = run_prepare(payload, chosen)
-    times["prepare_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        prepared = run_prepare(payload, chosen)
+        times["prepare_s"] = time.perf_counter() - t
+        progress(f"prepare: {len(chosen)} tiles, {prepared['subtiles']} sub-tiles")
 
-    t = time.perf_counter()
-    inferred = run_inference(settings, chosen, rid, force)
-    times["infer_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        inferred = run_inference(settings, chosen, rid, force, check=False)
+        times["infer_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     assembled = assemble_task(payload, chosen, rid)
-    validated = validate_task(payload, chosen)
+    validated = validate_task(payload, chosen, expect_run=True, allow_failed=allow_failures)
     times["assemble_s"] = time.perf_counter() - t
+    progress(
+        f"assemble: {assembled['subtiles_committed']} sub-tiles committed; {validated['summary']}"
+    )
     figures = report_task(payload) if report else None
     save_state(settings, payload, chosen)  # baseline for the reprocessing flow
     log.info("run %s: %s", rid, validated["summary"])
@@ -67,19 +103,41 @@ def run_pipeline(
     }
 
 
+def failure_message(out: dict[str, Any]) -> str | None:
+    """Why a pipeline run should count as failed (failed sub-tiles first, then a failed
+    validation), or None."""
+    infer = out["infer"]
+    failed = int(infer["counts"].get("failed", 0))
+    if failed:
+        causes = [c for c in infer.get("causes", []) if c["status"] == "failed"]
+        top = "; ".join(f"{c['cause']}: {c['count']}" for c in causes[:3])
+        return f"{failed} of {infer['subtiles']} sub-tiles failed ({top})"
+    if not out["validate"]["ok"]:
+        return str(out["validate"]["summary"])
+    return None
+
+
 @flow(
     name="constellation-pipeline",
     task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]
     log_prints=False,
     persist_result=False,
 )
+@cancellable
 def pipeline(
     config: str | None = None,
     tiles: list[int] | None = None,
     run_id: str | None = None,
     report: bool = True,
     force: bool = False,
+    allow_failures: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline for ``tiles`` (default: ``runtime.tiles``, else every tile);
-    ``force`` re-infers sub-tiles that already have a result."""
-    return run_pipeline(config, tiles, run_id, report, force=force)
+    ``force`` re-infers sub-tiles that already have a result; ``allow_failures`` lets the
+    run end Completed although sub-tiles failed."""
+    out = run_pipeline(config, tiles, run_id, report, force=force, allow_failures=allow_failures)
+    message = failure_message(out)
+    if message is not None and not (allow_failures and out["validate"]["ok"]):
+        # the flow run is Failed with the cause as its message; the summary is its data
+        return Failed(message=message, data=out)  # type: ignore[return-value]
+    return out

@@ -35,13 +35,13 @@ def test_infer_a_tile_then_resume(prepared_field: PreparedField, tmp_path: Path)
     # prepared with the default mock settings: the same config hash as this file
     result = runner.invoke(app, ["-c", str(cfg), "infer", "--tile", str(tile), "--run-id", "r1"])
     assert result.exit_code == 0, result.output
-    assert "16 ok, 0 failed, 0 already done" in result.output
+    assert "16 ok, 0 skipped, 0 failed, 0 already done" in result.output
     marker = read_marker(Storage(), layout.subtile_dir(str(work), tile, 2, 3))
     assert marker is not None
     assert marker.run_id == "r1"
     again = runner.invoke(app, ["-c", str(cfg), "infer", "--tile", str(tile)])
     assert again.exit_code == 0, again.output
-    assert "0 ok, 0 failed, 16 already done" in again.output
+    assert "0 ok, 0 skipped, 0 failed, 16 already done" in again.output
     forced = runner.invoke(
         app, ["-c", str(cfg), "infer", layout.manifest_url(str(work), tile, 0, 0), "--force"]
     )
@@ -58,7 +58,10 @@ def test_infer_reports_failures_and_bad_input(
     missing = str(tmp_path / "nope" / "manifest.yaml")
     result = runner.invoke(app, ["-c", str(cfg), "infer", url, missing])
     assert result.exit_code == 1
-    assert "1 ok, 0 failed, 0 already done, 1 unreadable" in result.output
+    assert "1 ok, 0 skipped, 1 failed, 0 already done" in result.output
+    assert "failed 1: FileNotFoundError" in result.output  # the cause, one line
+    accepted = runner.invoke(app, ["-c", str(cfg), "infer", url, missing, "--allow-failures"])
+    assert accepted.exit_code == 0, accepted.output
     assert runner.invoke(app, ["-c", str(cfg), "infer", "--backend", "gpu", url]).exit_code == 2
     empty_work = _config(prepared_field, tmp_path / "empty", tmp_path)
     nothing = runner.invoke(app, ["-c", str(empty_work), "infer"])

@@ -22,6 +22,10 @@ Checks (each a :class:`Violation` when it finds something):
     ``ok`` sub-tiles whose number of source rows differs from ``n_sources_core``.
 ``orphan_sources``
     Source rows whose sub-tile has no ``ok`` row in ``subtiles``.
+``backend_mismatch`` / ``config_mismatch``
+    Only when an expected backend / science config hash is given (the validation
+    after a run passes that run's): sub-tile rows made by another backend or under
+    another configuration, so that a run never passes on someone else's results.
 
 The ``sources`` table is read a slice of the sky at a time (only the columns the
 checks need), so memory stays bounded by ``max_rows``: contiguous ranges of the
@@ -292,8 +296,12 @@ def validate_catalog(
     expected: set[int] | None = None,
     allow_failed: bool = False,
     max_rows: int = 20_000_000,
+    expect_backend: str | None = None,
+    expect_config_hash: str | None = None,
 ) -> ValidationReport:
-    """Run every check on ``catalog`` (restricted to ``tiles`` when given)."""
+    """Run every check on ``catalog`` (restricted to ``tiles`` when given); with
+    ``expect_backend`` / ``expect_config_hash``, rows of other backends or science
+    configurations are violations."""
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     sub = catalog.read(SUBTILES, tiles=tile_list) if catalog.exists(SUBTILES) else None
     if sub is None:
@@ -340,6 +348,26 @@ def validate_catalog(
                 tuple(f"tile {t} r{r}_c{c}: {e}" for t, r, c, e in report.failures[:_EXAMPLES]),
             )
         )
+
+    # Rows of another backend or configuration than the one asked for.
+    for kind, column, wanted in (
+        ("backend_mismatch", "backend", expect_backend),
+        ("config_mismatch", "config_hash", expect_config_hash),
+    ):
+        if wanted is None:
+            continue
+        values = sub.column(column).to_pylist()
+        other = [(int(k), v) for k, v in zip(keys.tolist(), values, strict=True) if v != wanted]
+        if other:
+            seen = sorted({str(v) for _, v in other})
+            violations.append(
+                Violation(
+                    kind,
+                    len(other),
+                    f"sub-tile rows with {column} {', '.join(seen)} instead of {wanted}",
+                    tuple(f"{_fmt_key(k)}: {v}" for k, v in other[:_EXAMPLES]),
+                )
+            )
 
     # Duplicate sub-tile rows.
     uniq, counts = np.unique(keys, return_counts=True)
@@ -494,8 +522,11 @@ def validate(
     allow_failed: bool = False,
     storage: Storage | None = None,
     catalog: ShearCatalog | None = None,
+    expect_backend: str | None = None,
+    expect_config_hash: str | None = None,
 ) -> ValidationReport:
-    """Validate the configured catalog against the prepared sub-tiles under the work root."""
+    """Validate the configured catalog against the prepared sub-tiles under the work root
+    (see :func:`validate_catalog` for the ``expect_*`` checks)."""
     store = storage or storage_from_config(settings.runtime.storage)
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     tiling = settings.science.tiling
@@ -510,4 +541,6 @@ def validate(
         tiles=tile_list,
         expected=expected,
         allow_failed=allow_failed,
+        expect_backend=expect_backend,
+        expect_config_hash=expect_config_hash,
     )

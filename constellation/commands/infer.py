@@ -48,17 +48,26 @@ def infer(
     force: Annotated[
         bool, typer.Option("--force", help="Re-run sub-tiles that already have an ok result.")
     ] = False,
+    allow_failures: Annotated[
+        bool,
+        typer.Option(
+            "--allow-failures",
+            help="Exit with 0 although sub-tiles failed (they stay recorded as failed).",
+        ),
+    ] = False,
 ) -> None:
     """Fit sub-tiles one after another in this process and write their results.
 
-    Each sub-tile gets ``result.parquet`` and ``_RESULT.json`` next to its manifest;
-    a failure is written as a ``failed`` result and the next sub-tile goes on. Exits
-    with 1 when any sub-tile failed.
+    Each sub-tile gets ``result.parquet`` and ``_RESULT.json`` next to its manifest.
+    A sub-tile with nothing to fit is recorded as skipped; a failure is recorded as
+    failed (retried ``runtime.task_retries`` times when it is an I/O error) and the
+    next sub-tile goes on; a backend that cannot run stops the command. Exits with 1
+    when any sub-tile failed (see --allow-failures).
     """
-    from constellation.inference import BackendError, get_backend
+    from constellation.inference import BackendUnavailableError, get_backend
     from constellation.io.storage import storage_from_config
     from constellation.manifest import layout
-    from constellation.stages.infer import infer_subtile
+    from constellation.stages.infer import InferOutcome, OutcomeSummary, classify, infer_subtile
 
     settings = get_state(ctx).settings
     if backend_name is not None and backend_name not in ("shine", "mock"):
@@ -77,11 +86,31 @@ def infer(
             fail(f"no prepared sub-tiles under {work}: run 'constellation prepare' first")
     try:
         backend = get_backend(settings, backend_name)
-    except BackendError as exc:
+    except BackendUnavailableError as exc:
         fail(str(exc))
     rid = run_id or new_run_id()
     order = settings.science.healpix.source_order
-    outcomes = []
+    summary = OutcomeSummary()
+
+    def one(url: str) -> InferOutcome | None:
+        """Infer ``url``, retrying retryable failures; None when the manifest is unusable."""
+        for attempt in range(settings.runtime.task_retries + 1):
+            try:
+                outcome = infer_subtile(
+                    url, storage, backend, run_id=rid, healpix_order=order,
+                    partition_order=settings.science.healpix.partition_order,
+                    skip_done=not force, expected_config_hash=settings.config_hash,
+                )  # fmt: skip
+            except Exception as exc:  # the manifest cannot be read or is stale
+                verdict = classify(exc)
+                if verdict.retryable and attempt < settings.runtime.task_retries:
+                    continue
+                summary.add("failed", verdict.cause, f"{url}: {exc}")
+                return None
+            if not (outcome.retryable and attempt < settings.runtime.task_retries):
+                return outcome
+        raise AssertionError("unreachable")  # pragma: no cover
+
     t0 = time.perf_counter()
     with Progress(
         TextColumn(f"[bold]infer ({backend.name})"), BarColumn(), MofNCompleteColumn(),
@@ -89,27 +118,20 @@ def infer(
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(urls))
         for url in urls:
-            try:
-                outcome = infer_subtile(
-                    url, storage, backend, run_id=rid, healpix_order=order,
-                    partition_order=settings.science.healpix.partition_order,
-                    skip_done=not force, expected_config_hash=settings.config_hash,
-                )  # fmt: skip
-            except (OSError, ValueError) as exc:
-                typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
-                outcome = None
-            outcomes.append(outcome)
+            outcome = one(url)
+            if outcome is not None:
+                if outcome.status == "unavailable":
+                    bar.stop()
+                    fail(f"the {backend.name} backend cannot run: {outcome.error}")
+                summary.add_outcome(outcome)
             bar.advance(task)
-    ok = sum(o is not None and o.status == "ok" for o in outcomes)
-    done = sum(o is not None and o.status == "done" for o in outcomes)
-    failed = [o for o in outcomes if o is not None and o.status == "failed"]
-    unreadable = sum(o is None for o in outcomes)
+    counts = summary.counts
     typer.echo(
-        f"inferred {len(urls)} sub-tiles with {backend.name} (run {rid}): {ok} ok, "
-        f"{len(failed)} failed, {done} already done, {unreadable} unreadable; "
-        f"{time.perf_counter() - t0:.2f} s"
+        f"inferred {len(urls)} sub-tiles with {backend.name} (run {rid}): "
+        f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed, "
+        f"{counts['done']} already done; {time.perf_counter() - t0:.2f} s"
     )
-    for o in failed[:20]:
-        typer.echo(f"  failed: tile {o.tile_id} r{o.row}_c{o.col}: {o.error}")
-    if failed or unreadable:
+    for line in summary.lines():
+        typer.echo(f"  {line}")
+    if summary.n_failed and not allow_failures:
         raise typer.Exit(1)

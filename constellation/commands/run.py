@@ -1,25 +1,56 @@
-"""``constellation run`` (the pipeline flow) and ``constellation demo`` (everything, locally)."""
+"""``constellation run`` (the pipeline flow) and ``constellation demo`` (everything, locally).
+
+Both run the pipeline flow in this process (Prefect's temporary API server when
+``PREFECT_API_URL`` is not set, a local Ray or a cluster). The terminal shows
+progress lines, one line per failure cause and the summary; Prefect's and Ray's own
+logs go to the Prefect API (the UI) and Ray's log files (``-v`` shows Prefect's too).
+
+Exit codes: 0 done; 1 a sub-tile failed (unless ``--allow-failures``) or the
+catalog validation failed or the run failed; 2 the configuration is invalid or the
+preflight found that the sub-tiles cannot run here; 128 + N when stopped by signal N
+(130 for SIGINT, 143 for SIGTERM).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from constellation.commands._common import fail, get_state
+from constellation.commands._common import EXIT_CONFIG_ERROR, EXIT_FAILURE, fail, get_state
 
-__all__ = ["demo", "run"]
+if TYPE_CHECKING:
+    from constellation.config import Settings
+
+__all__ = ["demo", "run", "run_pipeline_flow"]
+
+AllowFailuresOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-failures",
+        help="Exit with 0 although sub-tiles failed (they stay recorded as failed).",
+    ),
+]
 
 
-def _prefect_env() -> None:
+def _prefect_env(verbosity: int = 0) -> None:
     """Environment for an in-process Prefect run (set before prefect is imported)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # the temporary API server needs 8-15 s cold on 2 cores; be generous
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # this command prints its own progress and summary; Prefect's console lines (and
+    # their tracebacks) only with -v. The Prefect API still receives every log.
+    level = {0: "CRITICAL", 1: "INFO"}.get(verbosity, "DEBUG")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
+
+
+def _echo_err(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 def _summary(out: dict[str, Any]) -> None:
@@ -27,14 +58,86 @@ def _summary(out: dict[str, Any]) -> None:
     counts = ", ".join(f"{v} {k}" for k, v in sorted(infer["counts"].items())) or "none"
     typer.echo(
         f"run {out['run_id']}: {len(out['tiles'])} tiles, {infer['subtiles']} sub-tiles "
-        f"({counts}) in {infer['seconds']:.1f} s; catalog: {asm['subtiles_committed']} "
-        f"sub-tiles and {asm['sources_committed']} sources committed in {asm['commits']} "
-        f"commits ({asm['skipped_unchanged']} unchanged)"
+        f"({counts}) with the {infer.get('backend', '?')} backend in {infer['seconds']:.1f} s; "
+        f"catalog: {asm['subtiles_committed']} sub-tiles and {asm['sources_committed']} "
+        f"sources committed in {asm['commits']} commits ({asm['skipped_unchanged']} unchanged)"
     )
+    for cause in infer.get("causes", []):
+        typer.echo(
+            f"  {cause['status']} {cause['count']}: {cause['cause']} (e.g. {cause['example']})"
+        )
     typer.echo(out["validate"]["summary"])
+    for problem in out["validate"].get("problems", []):
+        typer.echo(f"  {problem}")
     if out.get("report"):
         typer.echo(f"shear map: {out['report']['shear_map']}")
         typer.echo(f"report:    {out['report']['summary']}")
+
+
+def run_pipeline_flow(
+    settings: Settings,
+    config: str | None,
+    *,
+    tiles: list[int] | None = None,
+    run_id: str | None = None,
+    report: bool = True,
+    allow_failures: bool = False,
+    verbosity: int = 0,
+) -> dict[str, Any]:
+    """Run the pipeline flow here and return its summary, or exit with the code of the
+    module docstring and one line per cause."""
+    _prefect_env(verbosity)
+    from prefect.exceptions import CancelledRun
+
+    from constellation.inference import BackendUnavailableError
+    from flows.common import last_stop_signal, set_progress_reporter
+    from flows.pipeline import pipeline
+    from flows.preflight import PreflightError
+
+    set_progress_reporter(_echo_err)
+    result: Any
+    try:
+        state = pipeline(
+            config=config,
+            tiles=tiles,
+            run_id=run_id,
+            report=report,
+            allow_failures=allow_failures,
+            return_state=True,
+        )
+        result = CancelledRun() if state.is_cancelled() else state.result(raise_on_failure=False)
+    except CancelledRun as exc:
+        result = exc
+    except KeyboardInterrupt:  # before or after the flow run proper
+        result = CancelledRun("stopped by SIGINT")
+    finally:
+        set_progress_reporter(None)
+    if isinstance(result, CancelledRun):
+        signum = last_stop_signal() or int(signal.SIGINT)
+        fail(
+            f"run cancelled by {signal.Signals(signum).name}: sub-tiles in flight were "
+            "stopped; finished ones are kept. Run the same command again to resume.",
+            128 + signum,
+        )
+    if isinstance(result, PreflightError):
+        for line in result.lines():
+            typer.secho(line, fg=typer.colors.RED, err=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    if isinstance(result, BackendUnavailableError):
+        fail(str(result))
+    if isinstance(result, BaseException):
+        fail(f"run failed: {type(result).__name__}: {result}")
+    out: dict[str, Any] = result
+    _summary(out)
+    failed = int(out["infer"]["counts"].get("failed", 0))
+    if failed and not allow_failures:
+        fail(
+            f"{failed} sub-tile(s) failed (recorded in the catalog; rerun to retry them, "
+            "or --allow-failures to accept them)"
+        )
+    if not out["validate"]["ok"]:
+        raise typer.Exit(EXIT_FAILURE)
+    return out
 
 
 def run(
@@ -49,19 +152,23 @@ def run(
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Draw the QA figures at the end.")
     ] = True,
+    allow_failures: AllowFailuresOption = False,
 ) -> None:
-    """Run the whole pipeline (index, prepare, infer on Ray, assemble, validate) as a
-    Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary server."""
+    """Run the whole pipeline (preflight, index, prepare, infer on Ray, assemble,
+    validate) as a Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary
+    server. Exits non-zero when a sub-tile failed (see --allow-failures)."""
     state = get_state(ctx)
-    state.settings  # noqa: B018  (validate the configuration before starting anything)
-    _prefect_env()
-    from flows.pipeline import pipeline
-
+    settings = state.settings  # validate the configuration before starting anything
     config = str(state.config_path) if state.config_path else None
-    out = pipeline(config=config, tiles=tile, run_id=run_id, report=report)
-    _summary(out)
-    if not out["validate"]["ok"]:
-        raise typer.Exit(1)
+    run_pipeline_flow(
+        settings,
+        config,
+        tiles=tile,
+        run_id=run_id,
+        report=report,
+        allow_failures=allow_failures,
+        verbosity=state.verbosity,
+    )
 
 
 _DEMO_CONFIG = """\
@@ -85,11 +192,13 @@ runtime:
 
 
 def demo(
+    ctx: typer.Context,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the field, work tree and catalog.")
     ] = Path("constellation-demo"),
     tiles: Annotated[str, typer.Option(help="Field size: tiles east-west x rings.")] = "2x2",
     density: Annotated[float, typer.Option(help="Catalog sources per arcmin².")] = 10.0,
+    allow_failures: AllowFailuresOption = False,
 ) -> None:
     """Simulate a small Euclid-like field into a local folder, run the whole pipeline
     through Prefect (temporary server) and a local Ray, validate the catalog and draw
@@ -119,15 +228,14 @@ def demo(
         )
     else:
         typer.echo(f"reusing the field in {data}")
-    _prefect_env()
-    from flows.pipeline import pipeline
-
     typer.echo("running the pipeline (Prefect temporary server + local Ray) ...")
-    try:
-        result = pipeline(config=str(cfg_path), report=True)
-    except Exception as exc:  # show one line, not a Prefect traceback
-        fail(f"demo failed: {type(exc).__name__}: {exc}")
-    _summary(result)
+    run_pipeline_flow(
+        settings,
+        str(cfg_path),
+        report=True,
+        allow_failures=allow_failures,
+        verbosity=get_state(ctx).verbosity,
+    )
     typer.echo(
         f"demo finished in {time.perf_counter() - t0:.1f} s; config {cfg_path}; "
         f"catalog under {settings.runtime.storage.work_uri}"

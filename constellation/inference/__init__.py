@@ -13,7 +13,11 @@ from constellation.config import Settings
 from constellation.inference.base import (
     BackendError,
     BackendOutput,
+    BackendUnavailableError,
     InferenceBackend,
+    NonFiniteFitError,
+    NothingToFitError,
+    SubTileDataError,
     SubTileInput,
 )
 from constellation.manifest.layout import join
@@ -21,7 +25,11 @@ from constellation.manifest.layout import join
 __all__ = [
     "BackendError",
     "BackendOutput",
+    "BackendUnavailableError",
     "InferenceBackend",
+    "NonFiniteFitError",
+    "NothingToFitError",
+    "SubTileDataError",
     "SubTileInput",
     "clear_backends",
     "get_backend",
@@ -43,7 +51,7 @@ def _build(settings: Settings, name: str) -> InferenceBackend:
         from constellation.inference.shine import ShineBackend
 
         return ShineBackend(science)
-    raise BackendError(f"unknown inference backend {name!r}; use 'shine' or 'mock'")
+    raise BackendUnavailableError(f"unknown inference backend {name!r}; use 'shine' or 'mock'")
 
 
 def get_backend(settings: Settings, name: str | None = None) -> InferenceBackend:
@@ -51,16 +59,23 @@ def get_backend(settings: Settings, name: str | None = None) -> InferenceBackend
 
     Raises
     ------
-    BackendError
+    BackendUnavailableError
         When the backend cannot be built (e.g. SHINE is not installed); the
-        message says how to fix it.
+        message says how to fix it. Any error while building is reported as this.
     """
     chosen = name or settings.science.backend.name
     key = (chosen, settings.config_hash, settings.runtime.storage.data_uri)
     with _LOCK:
         backend = _BACKENDS.get(key)
         if backend is None:
-            backend = _build(settings, chosen)
+            try:
+                backend = _build(settings, chosen)
+            except BackendUnavailableError:
+                raise
+            except Exception as exc:  # building failed: no sub-tile can run
+                raise BackendUnavailableError(
+                    f"the {chosen!r} backend could not be built: {type(exc).__name__}: {exc}"
+                ) from exc
             _BACKENDS[key] = backend
         return backend
 

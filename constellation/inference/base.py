@@ -9,8 +9,21 @@ convergence diagnostic and a per-source parameter table keyed by ``object_id``.
 
 Everything else in a result row (identity, centre, HEALPix, status, timings,
 run id, config hash, sign convention) is filled in by
-:mod:`constellation.stages.infer`, so backends stay small. A backend raises on
-failure; the stage turns the exception into a ``failed`` result.
+:mod:`constellation.stages.infer`, so backends stay small.
+
+A backend raises to say why it returned nothing, and the *type* of the exception
+decides what happens to the sub-tile (:func:`constellation.stages.infer.classify`):
+
+=============================  ==========================================================
+:class:`NothingToFitError`     ``skipped``: no sources, no exposures, no visible source;
+                               written as a result, committed, never retried
+:class:`SubTileDataError`      ``failed``, permanent: deterministic data or configuration
+                               problems (:class:`NonFiniteFitError` among them); recorded
+                               once, not retried
+:class:`BackendUnavailableError`  the backend cannot be imported or built: the run stops
+``OSError`` (I/O, network)     ``failed``, retryable (missing files excepted)
+anything else                  ``failed``, permanent (retrying a deterministic fit repeats it)
+=============================  ==========================================================
 
 Backends are built once per process by :func:`constellation.inference.get_backend`
 and reused across sub-tiles, so they may keep compiled models between calls.
@@ -19,7 +32,7 @@ and reused across sub-tiles, so they may keep compiled models between calls.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +41,17 @@ from constellation.io.storage import Storage
 from constellation.manifest.subtile import SubTileManifest
 from constellation.sky import plane_to_sky
 
-__all__ = ["BackendError", "BackendOutput", "InferenceBackend", "SubTileInput", "core_centre"]
+__all__ = [
+    "BackendError",
+    "BackendOutput",
+    "BackendUnavailableError",
+    "InferenceBackend",
+    "NonFiniteFitError",
+    "NothingToFitError",
+    "SubTileDataError",
+    "SubTileInput",
+    "core_centre",
+]
 
 
 def core_centre(manifest: SubTileManifest) -> tuple[float, float]:
@@ -41,7 +64,45 @@ def core_centre(manifest: SubTileManifest) -> tuple[float, float]:
 
 
 class BackendError(RuntimeError):
-    """A backend cannot run (not installed, misconfigured) or failed on a sub-tile."""
+    """Base class of the errors a backend raises on purpose (see the module docstring)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # one message argument, whatever the subclass's constructor: safe to pickle
+        # across processes (Ray workers -> the flow's driver)
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[BackendError], message: str, state: dict[str, Any]) -> BackendError:
+    exc = cls.__new__(cls)
+    RuntimeError.__init__(exc, message)
+    exc.__dict__.update(state)
+    return exc
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be imported or built here (e.g. SHINE is not installed): no
+    sub-tile can run, so the run stops at once. The message says how to fix it."""
+
+
+class NothingToFitError(BackendError):
+    """The sub-tile has nothing to fit: its result is ``skipped``, never retried.
+
+    ``reason`` is a short, stable label used to group skipped sub-tiles in summaries
+    (``no sources``, ``no exposures``, ``no visible source``, ...).
+    """
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason if detail is None else f"{reason}: {detail}")
+        self.reason = reason
+
+
+class SubTileDataError(BackendError):
+    """A deterministic problem with this sub-tile's data or configuration: the same
+    inputs fail the same way, so the sub-tile fails once and is not retried."""
+
+
+class NonFiniteFitError(SubTileDataError):
+    """The fit produced a non-finite shear or loss."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ Modes (``science.backend.mock.mode``):
     fluxes and sizes, random ellipticities.
 
 ``sleep_s`` adds a simulated run time; ``fail_rate`` makes that fraction of
-sub-tiles fail (deterministically) to exercise failure handling.
+sub-tiles fail (deterministically) to exercise failure handling. Like SHINE, it has
+nothing to fit in a sub-tile without sources or without exposures
+(:class:`~constellation.inference.base.NothingToFitError`: the sub-tile is skipped).
 """
 
 from __future__ import annotations
@@ -34,15 +36,23 @@ import pyarrow.compute as pc
 
 from constellation import __version__
 from constellation.config import MockBackendConfig
-from constellation.inference.base import BackendError, BackendOutput, SubTileInput, core_centre
+from constellation.inference.base import (
+    BackendOutput,
+    BackendUnavailableError,
+    NothingToFitError,
+    SubTileDataError,
+    SubTileInput,
+    core_centre,
+)
 from constellation.io.storage import Storage
 from constellation.simulate.truth import TruthField, load_truth_field, load_truth_sources
 
 __all__ = ["MockBackend", "MockFailureError", "subtile_seed"]
 
 
-class MockFailureError(RuntimeError):
-    """The failure the mock backend injects for ``fail_rate``."""
+class MockFailureError(SubTileDataError):
+    """The failure the mock backend injects for ``fail_rate``: deterministic, like a
+    data problem (the same sub-tile fails the same way every time)."""
 
 
 def subtile_seed(tile_id: int, row: int, col: int, config_hash: str) -> int:
@@ -72,7 +82,7 @@ class MockBackend:
                     field = load_truth_field(storage, self.truth_uri)
                     table = load_truth_sources(storage, self.truth_uri)
                 except FileNotFoundError as exc:
-                    raise BackendError(
+                    raise BackendUnavailableError(
                         f"mock backend in 'truth' mode needs a simulated field's truth folder; "
                         f"nothing at {self.truth_uri} ({exc}). Set science.backend.mock.truth_uri "
                         f"or use mode 'random'."
@@ -87,6 +97,10 @@ class MockBackend:
     def run(self, item: SubTileInput) -> BackendOutput:
         t0 = time.perf_counter()
         ident = item.manifest.identity
+        if item.sources.num_rows == 0:
+            raise NothingToFitError("no sources", "the sub-tile has no sources")
+        if not item.manifest.exposures:
+            raise NothingToFitError("no exposures", "the sub-tile has no quadrant exposures")
         rng = np.random.default_rng(
             subtile_seed(ident.tile_id, ident.row, ident.col, ident.config_hash)
         )

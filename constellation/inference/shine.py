@@ -61,7 +61,14 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 
 from constellation.config import ScienceConfig
-from constellation.inference.base import BackendError, BackendOutput, SubTileInput
+from constellation.inference.base import (
+    BackendOutput,
+    BackendUnavailableError,
+    NonFiniteFitError,
+    NothingToFitError,
+    SubTileDataError,
+    SubTileInput,
+)
 from constellation.io.storage import Storage
 from constellation.manifest.layout import resolve_relative
 from constellation.manifest.subtile import FitsExtension, QuadrantExposure, SubTileManifest
@@ -639,15 +646,28 @@ class _SubTileData:
 
 
 def _import_shine() -> Any:
-    """Import ``shine.euclid`` (and check its pieces) or raise :class:`BackendError`."""
+    """Import ``shine.euclid`` (and check its pieces) or raise :class:`BackendUnavailableError`."""
     try:
         euclid = importlib.import_module("shine.euclid")
         for name in ("ExposureSet", "EuclidPSFModel", "MultiExposureScene"):
             getattr(euclid, name)
         importlib.import_module("shine.inference")
     except (ImportError, AttributeError) as exc:
-        raise BackendError(f"{INSTALL_HINT} (import failed: {exc})") from exc
+        raise BackendUnavailableError(f"{INSTALL_HINT} (import failed: {exc})") from exc
     return euclid
+
+
+def _shine_config(sections: Any, data: dict[str, Any]) -> Any:
+    """SHINE's ``EuclidInferenceConfig`` from the pass-through ``sections`` (``inference``,
+    ``gal``, ``sources``) and a ``data`` section."""
+    from shine.euclid.config import EuclidInferenceConfig
+
+    raw: dict[str, Any] = {"data": data, "inference": dict(sections.inference)}
+    if sections.sources:
+        raw["sources"] = dict(sections.sources)
+    if sections.gal:
+        raw["gal"] = dict(sections.gal)
+    return EuclidInferenceConfig.model_validate(raw)
 
 
 def _shine_version() -> str:
@@ -668,8 +688,10 @@ class ShineBackend:
 
     Raises
     ------
-    BackendError
-        When ``shine.euclid`` cannot be imported; the message says how to install it.
+    BackendUnavailableError
+        When ``shine.euclid`` cannot be imported (the message says how to install it)
+        or the ``science.shine`` sections are not a valid SHINE configuration: either
+        would fail every sub-tile the same way.
     """
 
     name = "shine"
@@ -683,16 +705,26 @@ class ShineBackend:
         self.science = science
         self._euclid = _import_shine()
         self.version = _shine_version()
+        try:
+            _shine_config(science.shine, {"exposure_paths": [], "psf_path": "", "catalog_path": ""})
+        except Exception as exc:  # pydantic.ValidationError, kept generic
+            raise BackendUnavailableError(
+                f"science.shine is not a valid SHINE configuration: {exc}"
+            ) from exc
         self._lock = threading.Lock()
         self._psf_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
+    @property
+    def device(self) -> str:
+        """Where JAX computes in this process: ``cpu``, ``gpu`` or ``tpu``."""
+        import jax
+
+        return str(jax.default_backend())
+
     # ------------------------------------------------------------------ config
 
     def _config(self, manifest: SubTileManifest, manifest_url: str) -> Any:
-        from shine.euclid.config import EuclidInferenceConfig
-
-        shine = manifest.shine
         exposures = manifest.exposures
         data: dict[str, Any] = {
             # descriptive only: this backend reads the pixels itself
@@ -704,15 +736,10 @@ class ShineBackend:
         }
         if exposures:
             data["quadrant"] = exposures[0].quadrant
-        raw: dict[str, Any] = {"data": data, "inference": dict(shine.inference)}
-        if shine.sources:
-            raw["sources"] = dict(shine.sources)
-        if shine.gal:
-            raw["gal"] = dict(shine.gal)
         try:
-            return EuclidInferenceConfig.model_validate(raw)
+            return _shine_config(manifest.shine, data)
         except Exception as exc:  # pydantic.ValidationError, kept generic
-            raise BackendError(f"invalid SHINE configuration in the manifest: {exc}") from exc
+            raise SubTileDataError(f"invalid SHINE configuration in the manifest: {exc}") from exc
 
     # ------------------------------------------------------------------ loading
 
@@ -747,9 +774,9 @@ class ShineBackend:
         manifest, storage = item.manifest, item.storage
         table = item.sources
         if table.num_rows == 0:
-            raise BackendError("the sub-tile has no sources")
+            raise NothingToFitError("no sources", "the sub-tile has no sources")
         if not manifest.exposures:
-            raise BackendError("the sub-tile has no exposures")
+            raise NothingToFitError("no exposures", "the sub-tile has no quadrant exposures")
         pixel_scale = float(cfg.data.pixel_scale)
         stamp_sizes = [int(s) for s in cfg.galaxy_stamp_sizes]
         selection = cfg.sources.model_dump()
@@ -807,13 +834,15 @@ class ShineBackend:
             n_masked_invisible += n_inv
             exposures.append(exp)
         if not exposures:
-            raise BackendError("no exposure has valid pixels with a modelled source in it")
+            raise NothingToFitError(
+                "no valid pixels", "no exposure has valid pixels with a modelled source in it"
+            )
         seen = np.zeros(sel.size, dtype=bool)
         for exp in exposures:
             seen |= exp.visible
         slots = np.flatnonzero(seen)
         if slots.size == 0:
-            raise BackendError("no selected source fits in any exposure")
+            raise NothingToFitError("no visible source", "no selected source fits in any exposure")
         for exp in exposures:
             exp.positions = exp.positions[slots]
             exp.visible = exp.visible[slots]
@@ -934,7 +963,7 @@ class ShineBackend:
         positions[vis, 1] = ry[vis]
         jac[vis] = local_jacobians(wcs, xi[vis] + window.x0, yi[vis] + window.y0)
         if qe.psf is None:
-            raise BackendError(f"exposure {qe.exposure} quadrant {qe.quadrant} has no PSF grid")
+            raise SubTileDataError(f"exposure {qe.exposure} quadrant {qe.quadrant} has no PSF grid")
         psf_model = self._psf_model(
             storage,
             resolve_relative(manifest_url, qe.psf.uri),
@@ -1285,8 +1314,12 @@ class ShineBackend:
                 cfg, data, n_tiers, method, extras
             )
         else:  # SHINE's config validation refuses other methods
-            raise BackendError(f"unsupported SHINE inference method {method!r}")
+            raise SubTileDataError(f"unsupported SHINE inference method {method!r}")
         t_infer = time.perf_counter() - t1
+        if not (math.isfinite(summary.g1) and math.isfinite(summary.g2)):
+            raise NonFiniteFitError(
+                f"the {method} fit gave a non-finite shear (g1={summary.g1}, g2={summary.g2})"
+            )
         return BackendOutput(
             g1=summary.g1,
             g2=summary.g2,

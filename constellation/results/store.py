@@ -7,8 +7,8 @@ assembler both. ``_RESULT.json`` is written after it and says which config hash,
 run and status the result belongs to; a result without its marker (a crash between
 the two writes) counts as absent and is redone.
 
-A failed sub-tile gets a result too: status ``failed``, the error message, no
-source rows — never a silent gap.
+A failed or skipped sub-tile gets a result too: status ``failed`` or ``skipped``,
+the error message or the reason, no source rows — never a silent gap.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from constellation.results.schema import (
 
 __all__ = [
     "DEFAULT_PARTITION_ORDER",
+    "FINAL_STATUSES",
     "MARKER_VERSION",
     "ResultMarker",
     "SubTileResult",
@@ -239,6 +240,10 @@ def decode_result(data: bytes | pa.Buffer) -> SubTileResult:
     )
 
 
+#: Result statuses that need no further inference for the same inputs.
+FINAL_STATUSES: tuple[str, ...] = ("ok", "skipped")
+
+
 def write_result(
     storage: Storage,
     subtile_dir: str,
@@ -286,12 +291,16 @@ def is_done(
     backend: str | None = None,
     manifest_sha256: str | None = None,
 ) -> bool:
-    """True when an ``ok`` result for ``config_hash`` is already written in ``subtile_dir``
-    (and, when given, by ``backend`` from a manifest with ``manifest_sha256``)."""
+    """True when a final result for ``config_hash`` is already written in ``subtile_dir``
+    (and, when given, by ``backend`` from a manifest with ``manifest_sha256``).
+
+    Final: ``ok``, or ``skipped`` (nothing to fit; the same inputs give the same
+    answer). A ``failed`` result is not final: it is run again.
+    """
     marker = read_marker(storage, subtile_dir)
     return (
         marker is not None
-        and marker.status == "ok"
+        and marker.status in FINAL_STATUSES
         and marker.config_hash == config_hash
         and (backend is None or marker.backend == backend)
         and (manifest_sha256 is None or marker.manifest_sha256 == manifest_sha256)

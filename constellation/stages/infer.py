@@ -3,9 +3,30 @@
 :func:`infer_subtile` reads the manifest and the sub-tile source table, runs the
 backend, keeps the *core* sources, fills in the sub-tile row of the results
 contract (:mod:`constellation.results.schema`) and writes ``result.parquet`` and
-``_RESULT.json`` next to the manifest. A backend exception becomes a ``failed``
-result carrying the error, so a field never has a silent gap; a sub-tile whose
-``ok`` result already exists for the manifest's config hash is skipped (resume).
+``_RESULT.json`` next to the manifest. A sub-tile whose ``ok`` or ``skipped``
+result already exists for the same manifest and backend is ``done`` (resume).
+
+What happens to a sub-tile is decided by the *type* of what the backend raised
+(:func:`classify`), never by its message:
+
+``ok``
+    a fit; the result carries the shear and the core sources.
+``skipped``
+    nothing to fit (:class:`~constellation.inference.base.NothingToFitError`): the
+    result is written with the reason, committed like any other, and never retried.
+``failed``, retryable
+    I/O and network errors (``OSError``, missing files excepted): the result is
+    written, and the caller may try again (Prefect task retries, Ray retries of a
+    lost worker).
+``failed``, permanent
+    deterministic data or configuration errors, non-finite fits, anything else:
+    recorded once, not retried.
+``unavailable``
+    the backend cannot run (:class:`~constellation.inference.base.BackendUnavailableError`):
+    nothing is written and the caller stops the run.
+
+Every outcome carries its *cause*: the skip reason, or the exception's type name,
+so that a run's summary can group sub-tiles by cause.
 """
 
 from __future__ import annotations
@@ -14,9 +35,11 @@ import hashlib
 import io
 import logging
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +48,10 @@ import pyarrow.parquet as pq
 from constellation import __version__
 from constellation.inference.base import (
     BackendOutput,
+    BackendUnavailableError,
     InferenceBackend,
+    NothingToFitError,
+    SubTileDataError,
     SubTileInput,
     core_centre,
 )
@@ -40,22 +66,162 @@ from constellation.results.schema import (
 from constellation.results.store import DEFAULT_PARTITION_ORDER, is_done, write_result
 from constellation.sky import healpix
 
-__all__ = ["InferOutcome", "infer_subtile", "subtile_dir_of"]
+__all__ = [
+    "Classified",
+    "InferOutcome",
+    "OutcomeSummary",
+    "SubTileFailedError",
+    "classify",
+    "infer_subtile",
+    "subtile_dir_of",
+]
 
 log = logging.getLogger(__name__)
 
 
+OutcomeStatus = Literal["ok", "skipped", "failed", "unavailable", "done"]
+
+#: ``OSError`` subclasses that a retry cannot fix: the input is not there or not allowed.
+_PERMANENT_OS_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What an exception means for a sub-tile (see the module docstring)."""
+
+    status: Literal["skipped", "failed", "unavailable"]
+    cause: str
+    retryable: bool = False
+
+
+def classify(exc: BaseException) -> Classified:
+    """Classify an exception raised while inferring a sub-tile, by its type only."""
+    if isinstance(exc, NothingToFitError):
+        return Classified("skipped", exc.reason)
+    if isinstance(exc, BackendUnavailableError):
+        return Classified("unavailable", type(exc).__name__)
+    if isinstance(exc, SubTileFailedError):
+        return Classified("failed", exc.cause, exc.retryable)
+    if isinstance(exc, SubTileDataError):
+        return Classified("failed", type(exc).__name__)
+    if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS):
+        return Classified("failed", type(exc).__name__, retryable=True)
+    return Classified("failed", type(exc).__name__)
+
+
 @dataclass(frozen=True)
 class InferOutcome:
-    """What happened to one sub-tile. ``status``: ok, failed, or done (already had a result)."""
+    """What happened to one sub-tile.
+
+    ``status``: ok, skipped, failed, unavailable (the backend cannot run; nothing
+    written), or done (an ok or skipped result was already there). ``cause`` is set
+    for every status but ok and done; ``retryable`` only for failures worth retrying.
+    """
 
     tile_id: int
     row: int
     col: int
-    status: str
+    status: OutcomeStatus
     seconds: float
     n_sources: int = 0
     error: str | None = None
+    cause: str | None = None
+    retryable: bool = False
+
+    @property
+    def label(self) -> str:
+        """``tile T rR_cC``."""
+        return f"tile {self.tile_id} r{self.row}_c{self.col}"
+
+
+class SubTileFailedError(RuntimeError):
+    """A sub-tile's result was written as ``failed`` (raised by callers that need an
+    exception, e.g. so that Prefect marks the task failed and retries it only when
+    ``retryable``). Carries the outcome's cause; safe to pickle."""
+
+    def __init__(self, label: str, error: str, cause: str, retryable: bool) -> None:
+        super().__init__(f"{label}: {error}")
+        self.label = label
+        self.error = error
+        self.cause = cause
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.label, self.error, self.cause, self.retryable))
+
+    @classmethod
+    def from_outcome(cls, outcome: InferOutcome) -> SubTileFailedError:
+        return cls(outcome.label, outcome.error or "", outcome.cause or "", outcome.retryable)
+
+
+@dataclass
+class OutcomeSummary:
+    """Counts by status, and failures and skips grouped by cause with one example each."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    #: (status, cause) -> number of sub-tiles
+    by_cause: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: (status, cause) -> one example: "tile T rR_cC: message"
+    examples: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def add(self, status: str, cause: str | None = None, example: str | None = None) -> None:
+        self.counts[status] += 1
+        if cause is not None:
+            key = (status, cause)
+            self.by_cause[key] += 1
+            if example is not None:
+                self.examples.setdefault(key, example)
+
+    def add_outcome(self, outcome: InferOutcome) -> None:
+        self.add(outcome.status, outcome.cause, f"{outcome.label}: {outcome.error}")
+
+    def merge(self, other: OutcomeSummary) -> None:
+        self.counts.update(other.counts)
+        self.by_cause.update(other.by_cause)
+        for key, text in other.examples.items():
+            self.examples.setdefault(key, text)
+
+    @property
+    def n_failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    def lines(self, statuses: Iterable[str] = ("failed", "unavailable", "skipped")) -> list[str]:
+        """One line per (status, cause), most frequent first: count, cause, example."""
+        wanted = tuple(statuses)
+        keys = sorted(
+            (k for k in self.by_cause if k[0] in wanted),
+            key=lambda k: (wanted.index(k[0]), -self.by_cause[k], k[1]),
+        )
+        return [
+            f"{status} {self.by_cause[(status, cause)]}: {cause} "
+            f"(e.g. {self.examples.get((status, cause), '?')})"
+            for status, cause in keys
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (flow results)."""
+        return {
+            "counts": dict(self.counts),
+            "causes": [
+                {"status": s, "cause": c, "count": n, "example": self.examples.get((s, c))}
+                for (s, c), n in self.by_cause.most_common()
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OutcomeSummary:
+        out = cls(counts=Counter(data.get("counts", {})))
+        for row in data.get("causes", []):
+            key = (str(row["status"]), str(row["cause"]))
+            out.by_cause[key] += int(row["count"])
+            if row.get("example"):
+                out.examples.setdefault(key, str(row["example"]))
+        return out
 
 
 def subtile_dir_of(manifest_url: str) -> str:
@@ -197,16 +363,25 @@ def infer_subtile(
         ``science.healpix.partition_order``: the result file carries the pixel of the
         sub-tile centre at this order (the catalog's partition).
     skip_done
-        Return ``done`` without running when an ``ok`` result of this backend from
-        the same manifest bytes (hence the same config hash and inputs) exists.
+        Return ``done`` without running when an ``ok`` or ``skipped`` result of this
+        backend from the same manifest bytes (hence the same config hash and inputs)
+        exists. Failed sub-tiles are run again.
     expected_config_hash
         When given, a manifest prepared under another science configuration is an
         error (re-run ``prepare``) rather than silently mixing configurations.
 
+    Returns
+    -------
+    InferOutcome
+        What happened; exceptions of the backend are classified (:func:`classify`),
+        never raised.
+
     Raises
     ------
+    OSError
+        When the manifest cannot be read (retryable unless the file is missing).
     ValueError
-        When the manifest cannot be read or belongs to another configuration —
+        When the manifest cannot be parsed or belongs to another configuration —
         there is no sub-tile identity to write a ``failed`` result under.
     """
     t0 = time.perf_counter()
@@ -225,6 +400,7 @@ def infer_subtile(
 
     out: BackendOutput | None = None
     error: str | None = None
+    verdict: Classified | None = None
     core = None
     n_modelled = manifest.sources.n_extended
     try:
@@ -233,12 +409,23 @@ def infer_subtile(
         core = sources.filter(sources.column("in_core"))
         out = backend.run(SubTileInput(manifest, manifest_url, sources, storage))
         rows = _source_rows(core, out.sources, manifest, run_id)
-    except Exception as exc:  # any backend/application error becomes a failed result
-        log.warning("sub-tile %s r%d_c%d failed: %s", ident.tile_id, ident.row, ident.col, exc)
+    except Exception as exc:  # classified by type: skipped, failed or unavailable
+        verdict = classify(exc)
         error = _error_text(exc)
+        label = f"tile {ident.tile_id} r{ident.row}_c{ident.col}"
+        if verdict.status == "unavailable":
+            # nothing happened to the sub-tile: no result, the caller stops the run
+            return InferOutcome(
+                ident.tile_id, ident.row, ident.col, "unavailable",
+                time.perf_counter() - t0, error=error, cause=verdict.cause,
+            )  # fmt: skip
+        if verdict.status == "skipped":
+            log.info("%s skipped: %s", label, exc)
+        else:
+            log.warning("%s failed (%s): %s", label, verdict.cause, exc)
         out = None
         rows = SOURCE_SCHEMA.empty_table()
-    status = "ok" if error is None else "failed"
+    status: OutcomeStatus = "ok" if verdict is None else verdict.status
     n_core = core.num_rows if core is not None else manifest.sources.n_core
     row = _subtile_row(
         manifest,
@@ -263,4 +450,6 @@ def infer_subtile(
         time.perf_counter() - t0,
         n_sources=rows.num_rows,
         error=error,
+        cause=None if verdict is None else verdict.cause,
+        retryable=verdict is not None and verdict.retryable,
     )

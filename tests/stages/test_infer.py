@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
-import json
+import pickle
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from constellation.inference import clear_backends, get_backend
-from constellation.inference.base import BackendError, SubTileInput
-from constellation.inference.mock import MockBackend, subtile_seed
-from constellation.io.storage import Storage
+from constellation.inference.base import (
+    BackendUnavailableError,
+    NonFiniteFitError,
+    NothingToFitError,
+    SubTileDataError,
+    SubTileInput,
+)
+from constellation.inference.mock import MockBackend, MockFailureError, subtile_seed
+from constellation.io.storage import Storage, StorageError
 from constellation.manifest import layout
 from constellation.manifest.subtile import load_manifest
 from constellation.results.schema import SOURCE_SCHEMA, SUBTILE_SCHEMA
 from constellation.results.store import read_marker, read_result
 from constellation.simulate.truth import load_truth_field
-from constellation.stages.infer import infer_subtile, subtile_dir_of
+from constellation.stages.infer import (
+    OutcomeSummary,
+    SubTileFailedError,
+    classify,
+    infer_subtile,
+    subtile_dir_of,
+)
 from tests.fixtures.fields import PreparedField
 
 
@@ -173,22 +186,111 @@ def test_failures_write_failed_results_and_are_retried(
     assert sum(o.status == "failed" for o in again) == len(failed)
 
 
-def test_missing_truth_is_a_failed_result(prepared_field: PreparedField, tmp_path: Path) -> None:
+def test_missing_truth_means_the_backend_is_unavailable(
+    prepared_field: PreparedField, tmp_path: Path
+) -> None:
     work = prepared_field.copy_work(tmp_path / "work")
     science = {"backend": {"name": "mock", "mock": {"truth_uri": str(tmp_path / "nowhere")}}}
     outcomes = _run_all(prepared_field, work, n_tiles=1, **science)
-    assert {o.status for o in outcomes} == {"failed"}
+    assert {o.status for o in outcomes} == {"unavailable"}
+    assert {o.cause for o in outcomes} == {"BackendUnavailableError"}
     assert "truth folder" in (outcomes[0].error or "")
-    doc = json.loads(Path(layout.result_done_url(str(work), outcomes[0].tile_id, 0, 0)).read_text())
-    assert doc["status"] == "failed"
+    # nothing happened to the sub-tiles: no result is written for them
+    assert not Path(layout.result_done_url(str(work), outcomes[0].tile_id, 0, 0)).exists()
+
+
+def test_a_subtile_with_nothing_to_fit_is_skipped_once(
+    prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    work = prepared_field.copy_work(tmp_path / "work")
+    storage = Storage()
+    url = _manifests(prepared_field, work, 1)[3]
+    manifest = load_manifest(url, storage)
+    src = Path(layout.resolve_relative(url, manifest.sources.uri))
+    table = pq.read_table(src)
+    pq.write_table(table.slice(0, 0), src)  # the sub-tile's sources are gone
+    clear_backends()
+    settings = prepared_field.settings(work)
+    backend = get_backend(settings)
+    first = infer_subtile(url, storage, backend, run_id="a", healpix_order=29)
+    assert (first.status, first.cause, first.retryable) == ("skipped", "no sources", False)
+    result = read_result(storage, layout.join(subtile_dir_of(url), layout.RESULT_NAME))
+    assert result.row["status"] == "skipped"
+    assert result.row["g1"] is None
+    assert "no sources" in result.row["error"]
+    assert result.sources.num_rows == 0
+    # final: a rerun does not run it again
+    again = infer_subtile(url, storage, backend, run_id="b", healpix_order=29)
+    assert again.status == "done"
 
 
 def test_unknown_backend() -> None:
     from constellation.config import Settings
 
     clear_backends()
-    with pytest.raises(BackendError, match="unknown inference backend"):
+    with pytest.raises(BackendUnavailableError, match="unknown inference backend"):
         get_backend(Settings(), "nope")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (NothingToFitError("no exposures", "none listed"), ("skipped", "no exposures", False)),
+        (SubTileDataError("no PSF grid"), ("failed", "SubTileDataError", False)),
+        (NonFiniteFitError("g1 = nan"), ("failed", "NonFiniteFitError", False)),
+        (MockFailureError("injected"), ("failed", "MockFailureError", False)),
+        (BackendUnavailableError("no SHINE"), ("unavailable", "BackendUnavailableError", False)),
+        (OSError("connection reset"), ("failed", "OSError", True)),
+        (TimeoutError("read timed out"), ("failed", "TimeoutError", True)),
+        (StorageError("503 from S3", "s3://b/k"), ("failed", "StorageError", True)),
+        (FileNotFoundError("gone"), ("failed", "FileNotFoundError", False)),
+        (PermissionError("denied"), ("failed", "PermissionError", False)),
+        (ValueError("Requested distortion exceeds 1."), ("failed", "ValueError", False)),
+        (SubTileFailedError("tile 1 r0_c0", "x", "OSError", True), ("failed", "OSError", True)),
+    ],
+)
+def test_classify_by_type(exc: BaseException, expected: tuple[str, str, bool]) -> None:
+    verdict = classify(exc)
+    assert (verdict.status, verdict.cause, verdict.retryable) == expected
+    # the message never matters: the same text in another type classifies differently
+    assert classify(RuntimeError(str(exc))).status == "failed"
+    assert not classify(RuntimeError(str(exc))).retryable
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        NothingToFitError("no sources", "the sub-tile has no sources"),
+        NonFiniteFitError("g = nan"),
+        BackendUnavailableError("install SHINE"),
+        SubTileFailedError("tile 1 r2_c3", "OSError: reset", "OSError", True),
+    ],
+)
+def test_outcome_errors_survive_pickling(exc: BaseException) -> None:
+    # they travel from Ray workers to the driver inside Prefect states
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc)
+    assert str(back) == str(exc)
+    assert classify(back) == classify(exc)
+
+
+def test_outcome_summary_groups_by_cause() -> None:
+    summary = OutcomeSummary()
+    for i in range(3):
+        summary.add("failed", "MockFailureError", f"tile 1 r0_c{i}: injected")
+    summary.add("failed", "OSError", "tile 1 r1_c0: reset")
+    summary.add("skipped", "no exposures", "tile 1 r2_c0: none")
+    summary.add("ok")
+    assert summary.counts == {"failed": 4, "skipped": 1, "ok": 1}
+    assert summary.lines() == [
+        "failed 3: MockFailureError (e.g. tile 1 r0_c0: injected)",
+        "failed 1: OSError (e.g. tile 1 r1_c0: reset)",
+        "skipped 1: no exposures (e.g. tile 1 r2_c0: none)",
+    ]
+    merged = OutcomeSummary.from_dict(summary.to_dict())
+    merged.merge(summary)
+    assert merged.counts["failed"] == 8
+    assert merged.lines()[0] == "failed 6: MockFailureError (e.g. tile 1 r0_c0: injected)"
 
 
 def test_changed_manifest_is_redone(prepared_field: PreparedField, tmp_path: Path) -> None:
