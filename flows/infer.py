@@ -75,8 +75,17 @@ def _retry_if_retryable(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def _task_run_name() -> str:
+    """``infer-{tile}-r{row}_c{col}``: the sub-tile a task run is about, in the UI."""
+    from prefect.runtime import task_run
+
+    parts = str(task_run.parameters.get("manifest_url", "")).rstrip("/").split("/")
+    return f"infer-{parts[-4]}-{parts[-2]}" if len(parts) >= 4 else "infer-subtile"
+
+
 @task(
     name="infer-subtile",
+    task_run_name=_task_run_name,
     cache_policy=NO_CACHE,
     persist_result=False,
     retry_condition_fn=_retry_if_retryable,
@@ -235,7 +244,14 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
             f"the {settings.science.backend.name!r} backend cannot run on the Ray workers; "
             f"stopped after {sum(summary.counts.values())} of {len(urls)} sub-tiles: {example}"
         )
-    return {"subtiles": len(urls), "nodes": dict(nodes), **summary.to_dict()}
+    from prefect.runtime import flow_run
+
+    return {
+        "subtiles": len(urls),
+        "nodes": dict(nodes),
+        "flow_run_id": str(flow_run.id),
+        **summary.to_dict(),
+    }
 
 
 @flow(name="infer-subtiles", log_prints=False, persist_result=False)
@@ -281,6 +297,7 @@ def run_inference(
     batches = [chosen[i : i + size] for i in range(0, len(chosen), size)]
     summary = OutcomeSummary()
     nodes: Counter[str] = Counter()
+    batch_runs: list[str] = []
     n = 0
     t0 = time.perf_counter()
     with ray_session(settings, prefect_api_url()):
@@ -299,6 +316,7 @@ def run_inference(
             n += out["subtiles"]
             summary.merge(OutcomeSummary.from_dict(out))
             nodes.update(out["nodes"])
+            batch_runs.append(out["flow_run_id"])
     seconds = time.perf_counter() - t0
     log.info(
         "inferred %d sub-tiles of %d tiles in %.1f s: %s",
@@ -312,6 +330,7 @@ def run_inference(
         "subtiles": n,
         **summary.to_dict(),
         "nodes": dict(nodes),
+        "batch_flow_runs": batch_runs,
         "backend": settings.science.backend.name,
         "config_hash": settings.config_hash,
         "seconds": seconds,

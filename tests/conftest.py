@@ -1,7 +1,7 @@
 """Shared test set-up: no telemetry, no CONSTELLATION_* settings leaking in from the shell,
 the local S3 server fixtures of :mod:`tests.fixtures.s3`, Prefect and Ray
-(:mod:`tests.fixtures.orchestration`) and the simulated fields of
-:mod:`tests.fixtures.fields`."""
+(:mod:`tests.fixtures.orchestration`), the simulated fields of
+:mod:`tests.fixtures.fields` and SHINE (:mod:`tests.fixtures.shine`)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from tests.fixtures.s3 import (  # noqa: F401  (fixtures, used by name)
     s3_endpoint,
     upload_tree,
 )
+from tests.fixtures.shine import shine_euclid  # noqa: F401  (fixture)
 
 os.environ["DO_NOT_TRACK"] = "1"
 

@@ -105,6 +105,7 @@ def infer(
                 verdict = classify(exc)
                 if verdict.retryable and attempt < settings.runtime.task_retries:
                     continue
+                typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
                 summary.add("failed", verdict.cause, f"{url}: {exc}")
                 return None
             if not (outcome.retryable and attempt < settings.runtime.task_retries):

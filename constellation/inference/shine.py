@@ -892,20 +892,20 @@ class ShineBackend:
         if window is None:
             return None
         span = crop_span(vx, vy, pad, qe.naxis1, qe.naxis2)
-        sci = _read_rows(storage, det_url, qe.det.sci, sci_header, window)
+        # noise first: a crop without a usable noise value has no valid pixel, and the
+        # other extensions need not be read (unobserved or blank quadrant data)
         rms = _read_rows(
             storage, det_url, qe.det.rms, _header(storage, det_url, qe.det.rms), window
         )
+        valid = np.isfinite(rms) & (rms > 0)
+        if not valid.any():
+            return None
         flg = _read_rows(
             storage, det_url, qe.det.flg, _header(storage, det_url, qe.det.flg), window
         )
+        sci = _read_rows(storage, det_url, qe.det.sci, sci_header, window)
         shape = (window.ny, window.nx)
-        valid = (
-            ((flg.astype(np.int64) & bad_pixel_mask) == 0)
-            & np.isfinite(sci)
-            & np.isfinite(rms)
-            & (rms > 0)
-        )
+        valid &= ((flg.astype(np.int64) & bad_pixel_mask) == 0) & np.isfinite(sci)
         valid &= convex_polygon_mask(shape, window.x0, window.y0, vx, vy)
         if qe.bkg is not None:
             bkg_url = resolve_relative(manifest_url, qe.bkg.uri)

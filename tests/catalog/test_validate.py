@@ -179,3 +179,21 @@ def test_empty_catalog_fails_strict(field: Field) -> None:
     report = validate(field.settings)
     assert [v.kind for v in report.violations] == ["empty"]
     assert _strict(field)[0] == 1
+
+
+def test_a_run_never_passes_on_another_backend_or_configuration(field: Field) -> None:
+    """The validation after a run names the run's backend and config hash: rows made by
+    another backend (older mock results, say) or another configuration fail it."""
+    field.write(n_sources=4)
+    assemble(field.settings)
+    rows = field.catalog().read("subtiles")
+    backend = rows.column("backend")[0].as_py()
+    config_hash = rows.column("config_hash")[0].as_py()
+    assert validate(field.settings, expect_backend=backend, expect_config_hash=config_hash).ok
+    other = validate(field.settings, expect_backend="shine" if backend != "shine" else "mock")
+    assert [v.kind for v in other.violations] == ["backend_mismatch"]
+    assert other.violations[0].count == 32
+    assert f"backend {backend} instead of" in other.violations[0].detail
+    stale = validate(field.settings, expect_config_hash="f" * 16)
+    assert [v.kind for v in stale.violations] == ["config_mismatch"]
+    assert stale.violations[0].examples[0].endswith(config_hash)
