@@ -93,7 +93,7 @@ def test_sigterm_stops_a_run_and_the_rerun_completes(
         tmp_path / "config.yaml",
         prepared_field,
         work,
-        science={"backend": {"name": "mock", "mock": {"sleep_s": 1.5}}},
+        science={"backend": {"name": "mock", "mock": {"sleep_s": 1.0}}},
         runtime={
             "ray": {"local_num_gpus": 2, "num_gpus_per_task": 1, "num_cpus_per_task": 0.5},
             "max_in_flight": 2,

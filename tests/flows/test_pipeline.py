@@ -105,7 +105,7 @@ def test_task_runs_are_recorded_in_prefect(run: Run, prefect_api: str) -> None:
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="infer-subtile")),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="infer-1")),
             limit=200,
         )
     # 32 sub-tiles in each of the two pipeline runs (the second ones return "done")
