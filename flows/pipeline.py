@@ -13,16 +13,20 @@ summary) when a sub-tile failed or the validation failed, unless
 
 from __future__ import annotations
 
+import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import CancelledRun
 from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.assemble import assemble_task, report_task, validate_task
 from flows.common import (
     cancellable,
+    last_stop_signal,
     load_settings,
     new_run_id,
     prefect_api_url,
@@ -35,7 +39,7 @@ from flows.infer import run_inference
 from flows.prepare import run_prepare
 from flows.reprocess import save_state
 
-__all__ = ["failure_message", "pipeline", "run_pipeline"]
+__all__ = ["RunEnd", "failure_message", "pipeline", "run_here", "run_pipeline"]
 
 
 def run_pipeline(
@@ -141,3 +145,42 @@ def pipeline(
         # the flow run is Failed with the cause as its message; the summary is its data
         return Failed(message=message, data=out)  # type: ignore[return-value]
     return out
+
+
+@dataclass(frozen=True)
+class RunEnd:
+    """How an in-process pipeline run ended: ``summary`` (it ran; failures are in it),
+    ``error`` (the run raised it), or ``stop_signal`` (cancelled by that signal)."""
+
+    summary: dict[str, Any] | None = None
+    error: BaseException | None = None
+    stop_signal: int | None = None
+
+
+def run_here(
+    config: str | None,
+    *,
+    tiles: list[int] | None = None,
+    run_id: str | None = None,
+    report: bool = True,
+    allow_failures: bool = False,
+) -> RunEnd:
+    """Run :func:`pipeline` in this process and say how it ended (never raises for the
+    run's own failures or a stop by signal)."""
+    try:
+        state = pipeline(
+            config=config,
+            tiles=tiles,
+            run_id=run_id,
+            report=report,
+            allow_failures=allow_failures,
+            return_state=True,
+        )
+    except (CancelledRun, KeyboardInterrupt):  # before or after the flow run proper
+        return RunEnd(stop_signal=last_stop_signal() or int(signal.SIGINT))
+    if state.is_cancelled():
+        return RunEnd(stop_signal=last_stop_signal() or int(signal.SIGINT))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        return RunEnd(error=result)
+    return RunEnd(summary=result)

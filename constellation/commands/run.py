@@ -17,14 +17,11 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from constellation.commands._common import EXIT_CONFIG_ERROR, EXIT_FAILURE, fail, get_state
-
-if TYPE_CHECKING:
-    from constellation.config import Settings
 
 __all__ = ["demo", "run", "run_pipeline_flow"]
 
@@ -75,7 +72,6 @@ def _summary(out: dict[str, Any]) -> None:
 
 
 def run_pipeline_flow(
-    settings: Settings,
     config: str | None,
     *,
     tiles: list[int] | None = None,
@@ -87,47 +83,35 @@ def run_pipeline_flow(
     """Run the pipeline flow here and return its summary, or exit with the code of the
     module docstring and one line per cause."""
     _prefect_env(verbosity)
-    from prefect.exceptions import CancelledRun
-
     from constellation.inference import BackendUnavailableError
-    from flows.common import last_stop_signal, set_progress_reporter
-    from flows.pipeline import pipeline
+    from flows.common import set_progress_reporter
+    from flows.pipeline import run_here
     from flows.preflight import PreflightError
 
     set_progress_reporter(_echo_err)
-    result: Any
     try:
-        state = pipeline(
-            config=config,
-            tiles=tiles,
-            run_id=run_id,
-            report=report,
-            allow_failures=allow_failures,
-            return_state=True,
+        end = run_here(
+            config, tiles=tiles, run_id=run_id, report=report, allow_failures=allow_failures
         )
-        result = CancelledRun() if state.is_cancelled() else state.result(raise_on_failure=False)
-    except CancelledRun as exc:
-        result = exc
-    except KeyboardInterrupt:  # before or after the flow run proper
-        result = CancelledRun("stopped by SIGINT")
     finally:
         set_progress_reporter(None)
-    if isinstance(result, CancelledRun):
-        signum = last_stop_signal() or int(signal.SIGINT)
+    if end.stop_signal is not None:
         fail(
-            f"run cancelled by {signal.Signals(signum).name}: sub-tiles in flight were "
+            f"run cancelled by {signal.Signals(end.stop_signal).name}: sub-tiles in flight were "
             "stopped; finished ones are kept. Run the same command again to resume.",
-            128 + signum,
+            128 + end.stop_signal,
         )
+    result = end.error
     if isinstance(result, PreflightError):
         for line in result.lines():
             typer.secho(line, fg=typer.colors.RED, err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
     if isinstance(result, BackendUnavailableError):
         fail(str(result))
-    if isinstance(result, BaseException):
+    if result is not None:
         fail(f"run failed: {type(result).__name__}: {result}")
-    out: dict[str, Any] = result
+    assert end.summary is not None
+    out: dict[str, Any] = end.summary
     _summary(out)
     failed = int(out["infer"]["counts"].get("failed", 0))
     if failed and not allow_failures:
@@ -158,10 +142,9 @@ def run(
     validate) as a Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary
     server. Exits non-zero when a sub-tile failed (see --allow-failures)."""
     state = get_state(ctx)
-    settings = state.settings  # validate the configuration before starting anything
+    state.settings  # noqa: B018  (validate the configuration before starting anything)
     config = str(state.config_path) if state.config_path else None
     run_pipeline_flow(
-        settings,
         config,
         tiles=tile,
         run_id=run_id,
@@ -230,7 +213,6 @@ def demo(
         typer.echo(f"reusing the field in {data}")
     typer.echo("running the pipeline (Prefect temporary server + local Ray) ...")
     run_pipeline_flow(
-        settings,
         str(cfg_path),
         report=True,
         allow_failures=allow_failures,
