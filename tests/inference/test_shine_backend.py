@@ -405,7 +405,7 @@ def test_psf_bridge_puts_the_galaxy_at_its_wcs_position(shine_euclid: object) ->
 @pytest.mark.shine
 def test_map_runs_and_reuses_the_compiled_step(shine_euclid: object) -> None:
     """A tiny two-exposure MAP fit through the cached optimiser, run twice."""
-    from constellation.inference.shine import _Exposure, _SubTileData
+    from constellation.inference.shine import ExposureData, SubTileData
 
     backend = ShineBackend(ScienceConfig())
     cfg = backend._config(
@@ -418,7 +418,7 @@ def test_map_runs_and_reuses_the_compiled_step(shine_euclid: object) -> None:
     for _ in range(2):
         psfs = np.stack([psf_for_shine(_gauss(), [0.1, 0, 0, 0.1], (0.5, 0.5))] * 2)
         exps.append(
-            _Exposure(
+            ExposureData(
                 key="e",
                 quadrant="3-4.F",
                 image=rng.normal(0, 1, (ny, nx)).astype(np.float32),
@@ -432,7 +432,7 @@ def test_map_runs_and_reuses_the_compiled_step(shine_euclid: object) -> None:
                 corners_sky=np.zeros((4, 2)),
             )
         )
-    data = _SubTileData(
+    data = SubTileData(
         exposures=exps,
         object_ids=np.array([5, 9]),
         ra=np.zeros(2),
