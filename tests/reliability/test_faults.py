@@ -58,6 +58,10 @@ def _settings(data_uri: str, work: Path, endpoint: str, **storage: object) -> Se
 
 
 _FAST_RETRIES = {"base_delay_s": 0.01, "max_delay_s": 0.05, "read_timeout_s": 0.5}
+# For counting retries exactly: a read timeout well above what a loaded 2-core machine
+# needs for an honest request (0.5 s gave spurious timeouts, hence uncounted retries, in
+# CI), still below the proxy's stall
+_COUNTED_RETRIES = {**_FAST_RETRIES, "read_timeout_s": 2.5}
 
 
 def _discover_prepare_stage(settings: Settings, storage: Storage) -> dict[str, bytes]:
@@ -109,7 +113,7 @@ def test_transient_s3_faults_are_retried_and_the_outputs_are_exact(
 
     root, _ = s3_light_field
     # the same discovery, prepare and staging without faults, then with them
-    clean = _settings(root, tmp_path / "clean", proxy.url, **_FAST_RETRIES)
+    clean = _settings(root, tmp_path / "clean", proxy.url, **_COUNTED_RETRIES)
     expected = _discover_prepare_stage(clean, storage_from_config(clean.runtime.storage))
     assert proxy.total_injected == 0
 
@@ -125,7 +129,7 @@ def test_transient_s3_faults_are_retried_and_the_outputs_are_exact(
         return faults.get(n) if slot % 3 == 0 else None
 
     proxy.reset(rule=rule)
-    faulty = _settings(root, tmp_path / "faulty", proxy.url, **_FAST_RETRIES)
+    faulty = _settings(root, tmp_path / "faulty", proxy.url, **_COUNTED_RETRIES)
     storage = storage_from_config(faulty.runtime.storage)
     got = _discover_prepare_stage(faulty, storage)
 
