@@ -94,6 +94,42 @@ INPUTS = [
         "config default map_config.num_steps (H200 fits of 27-34 galaxies settled"
         " in 300-500 steps; one of 64 had not after 1000)",
     ),
+    # GPU time of the sparse model (docs/shine.md, "Cost of a fit"): a step renders each
+    # source only in the exposures that see it, on its stamp's window of pixels
+    Input(
+        "gpu_ms_per_stamp",
+        0.097,
+        "derived: least-squares fit of the ten H200 MAP steps of docs/shine.md to"
+        " exposures x slots x (a + b x image Mpx): a, the cost of one stamp",
+    ),
+    Input(
+        "gpu_ms_per_stamp_mpx",
+        0.0057,
+        "derived: the same fit, b: per stamp and Mpx of the image it is added to"
+        " (SHINE's scatter-add copies that image once per stamp)",
+    ),
+    Input(
+        "exposures_per_source",
+        2.75,
+        "measured: benchmarks/shine_cost.py, visible (source, exposure) pairs / sources"
+        " of a default sub-tile seen by 40 quadrant exposures",
+    ),
+    Input(
+        "rendered_per_visible",
+        1.045,
+        "measured: benchmarks/shine_cost.py, rendered stamps / visible pairs (bucket padding)",
+    ),
+    Input(
+        "window_mpx",
+        0.0060,
+        "measured: benchmarks/shine_cost.py, mean pixels of a (bucketed) stamp window, Mpx",
+    ),
+    Input(
+        "map_evaluations",
+        330,
+        "measured: benchmarks/shine_cost.py, L-BFGS loss evaluations to convergence"
+        " (CPU, 16 sources; assumption: the same at survey size)",
+    ),
     # catalog (docs/catalog.md)
     Input("sources", 1.5e9, "assumption: issue #10, ~1.5e9 sources"),
     Input("source_row_bytes", 150, "measured: docs/catalog.md, 142.6 MiB / 1e6 rows"),
@@ -284,8 +320,9 @@ def project(a: argparse.Namespace) -> list[tuple[str, str, float, str, str]]:
             "",
             "GPU-hours / campaign hours (Ray cluster size, 1 GPU per task)",
         )
-    # GPU at the rate measured on an H200 (docs/shine.md): SHINE renders every source
-    # slot in every exposure, so a step costs slots x exposures x the measured rate
+    # GPU at the rate measured on an H200 (docs/shine.md) for SHINE's whole-scene model
+    # (the dense renderer, before the sparse model): every source slot rendered in every
+    # exposure, so a step costs slots x exposures x the measured rate
     slots = add(
         "GPU (MAP, H200 rate)",
         "source slots per sub-tile",
@@ -318,6 +355,42 @@ def project(a: argparse.Namespace) -> list[tuple[str, str, float, str, str]]:
         "GPU (MAP, H200 rate)",
         f"H200s for {a.days:g} days (extrapolated)",
         survey_h200_h / (24 * a.days),
+        "",
+        "GPU-hours / campaign hours",
+    )
+    # GPU, the sparse model: each source rendered only where it is seen, on its window
+    pairs_gpu = add(
+        "GPU (MAP, sparse model)",
+        "stamps rendered per step and sub-tile",
+        slots * a.exposures_per_source * a.rendered_per_visible,
+        "",
+        "source slots x exposures_per_source x rendered_per_visible",
+    )
+    eval_s = add(
+        "GPU (MAP, sparse model)",
+        "s per loss evaluation (extrapolated)",
+        pairs_gpu * (a.gpu_ms_per_stamp + a.gpu_ms_per_stamp_mpx * a.window_mpx) / 1e3,
+        "s",
+        "stamps x (gpu_ms_per_stamp + gpu_ms_per_stamp_mpx x window_mpx)",
+    )
+    sparse_h = add(
+        "GPU (MAP, sparse model)",
+        "H200-hours per sub-tile (extrapolated)",
+        eval_s * a.map_evaluations / 3600,
+        "GPU-h",
+        f"s per evaluation x {a.map_evaluations:g} evaluations (map_evaluations)",
+    )
+    survey_sparse_h = add(
+        "GPU (MAP, sparse model)",
+        "H200-hours for the survey (extrapolated)",
+        sparse_h * a.subtiles,
+        "GPU-h",
+        "per sub-tile x sub-tiles",
+    )
+    add(
+        "GPU (MAP, sparse model)",
+        f"H200s for {a.days:g} days (extrapolated)",
+        survey_sparse_h / (24 * a.days),
         "",
         "GPU-hours / campaign hours",
     )

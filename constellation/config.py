@@ -279,6 +279,60 @@ class MockBackendConfig(_Section):
     )
 
 
+class ShineBackendConfig(_Section):
+    """How the shine backend builds and fits SHINE's model (docs/shine.md)."""
+
+    renderer: Literal["sparse", "dense"] = Field(
+        default="sparse",
+        description=(
+            "'sparse': each exposure renders only the sources it sees, on its own crop; "
+            "'dense': SHINE's whole-scene model (every source in every exposure, one image "
+            "shape; the reference, many times slower)."
+        ),
+    )
+    optimizer: Literal["lbfgs", "adam"] = Field(
+        default="lbfgs",
+        description=(
+            "MAP optimiser of the sparse model: 'lbfgs' (limited-memory BFGS with a line "
+            "search; stops at the loss's precision) or 'adam' (SHINE's fixed-step Adam, "
+            "inference.map_config.learning_rate)."
+        ),
+    )
+    tolerance: float = Field(
+        default=1e-4,
+        gt=0.0,
+        allow_inf_nan=False,
+        description=(
+            "MAP stops (converged) once g1 and g2 moved by less than this over the last "
+            "'window' iterations; inference.map_config.num_steps is the iteration budget."
+        ),
+    )
+    window: int = Field(
+        default=10,
+        ge=1,
+        description="Iterations over which the shear must settle (Adam creeps: use ~100).",
+    )
+    check_every: int = Field(
+        default=5, ge=1, description="Iterations between two convergence checks."
+    )
+    canvas_side: int = Field(
+        default=1024,
+        ge=0,
+        description=(
+            "Stamp windows are packed onto N x N canvases (N >= 64: a few compiled shapes "
+            "per survey); 0: each window on its own bucketed image (a little less GPU "
+            "work, thousands of shapes). docs/shine.md compares them."
+        ),
+    )
+
+    @field_validator("canvas_side")
+    @classmethod
+    def _canvas_side(cls, v: int) -> int:
+        if 0 < v < 64:
+            raise ValueError("canvas_side must be 0 (a canvas per window) or at least 64 px")
+        return v
+
+
 class BackendConfig(_Section):
     """Which inference backend fits the sub-tiles."""
 
@@ -288,6 +342,9 @@ class BackendConfig(_Section):
     )
     mock: MockBackendConfig = Field(
         default_factory=MockBackendConfig, description="Settings of the mock backend."
+    )
+    shine: ShineBackendConfig = Field(
+        default_factory=ShineBackendConfig, description="Settings of the shine backend."
     )
 
 
@@ -499,6 +556,13 @@ class RuntimeConfig(_Section):
     tiles: list[int] = Field(
         default_factory=list,
         description="Tile ids to process when none are given on the command line.",
+    )
+    jax_cache_dir: str | None = Field(
+        default="~/.cache/constellation/jax",
+        description=(
+            "JAX's persistent compilation cache of the shine backend, on each worker: a "
+            "model bucket compiled once is loaded from here by later processes; null: off."
+        ),
     )
 
 

@@ -25,13 +25,17 @@ def assemble_task(payload: str, tiles: list[int] | None, run_id: str) -> dict[st
 
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)
 def validate_task(
-    payload: str, tiles: list[int] | None, expect_run: bool = False, allow_failed: bool = False
+    payload: str,
+    tiles: list[int] | None,
+    expect_run: bool = False,
+    allow_failed: bool = False,
+    allow_unconverged: bool = False,
 ) -> dict[str, Any]:
     """Validate the catalog against the prepared sub-tiles; return the summary.
 
     ``expect_run``: every sub-tile row must come from this configuration's backend and
     science config hash (the validation after a run); ``allow_failed``: failed
-    sub-tiles are not a violation.
+    sub-tiles are not a violation; ``allow_unconverged``: nor fits that did not converge.
     """
     from constellation.catalog.validate import validate
 
@@ -40,6 +44,7 @@ def validate_task(
         settings,
         tiles=tiles,
         allow_failed=allow_failed,
+        allow_unconverged=allow_unconverged,
         expect_backend=settings.science.backend.name if expect_run else None,
         expect_config_hash=settings.config_hash if expect_run else None,
     )

@@ -41,7 +41,13 @@ from prefect.cache_policies import NO_CACHE
 
 from constellation.inference import BackendUnavailableError, get_backend
 from constellation.manifest import layout
-from constellation.stages.infer import OutcomeSummary, SubTileFailedError, classify, infer_subtile
+from constellation.stages.infer import (
+    InferOutcome,
+    OutcomeSummary,
+    SubTileFailedError,
+    classify,
+    infer_subtile,
+)
 from flows.common import (
     STOP_SIGNALS,
     cancellable,
@@ -167,10 +173,9 @@ def _record(summary: OutcomeSummary, nodes: Counter[str], fut: Any) -> str:
     fut.wait()  # the object is ready: this records the final state returned by Ray
     state = fut.state
     if state.is_completed():
-        value = fut.result()
-        label = f"tile {value['tile_id']} r{value['row']}_c{value['col']}"
-        summary.add(value["status"], value.get("cause"), f"{label}: {value.get('error')}")
-        nodes[str(value["node"])] += 1
+        value = dict(fut.result())
+        nodes[str(value.pop("node"))] += 1
+        summary.add_outcome(InferOutcome(**value))
         return str(value["status"])
     exc = state.result(raise_on_failure=False)
     if not isinstance(exc, BaseException):  # a crashed state without an exception

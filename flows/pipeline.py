@@ -50,6 +50,7 @@ def run_pipeline(
     settings: Any | None = None,
     force: bool = False,
     allow_failures: bool = False,
+    allow_unconverged: bool = False,
 ) -> dict[str, Any]:
     """The body of :func:`pipeline` (inside a flow run)."""
     from flows.preflight import preflight
@@ -86,7 +87,13 @@ def run_pipeline(
 
     t = time.perf_counter()
     assembled = assemble_task(payload, chosen, rid)
-    validated = validate_task(payload, chosen, expect_run=True, allow_failed=allow_failures)
+    validated = validate_task(
+        payload,
+        chosen,
+        expect_run=True,
+        allow_failed=allow_failures,
+        allow_unconverged=allow_unconverged,
+    )
     times["assemble_s"] = time.perf_counter() - t
     progress(
         f"assemble: {assembled['subtiles_committed']} sub-tiles committed; {validated['summary']}"
@@ -135,11 +142,21 @@ def pipeline(
     report: bool = True,
     force: bool = False,
     allow_failures: bool = False,
+    allow_unconverged: bool = False,
 ) -> dict[str, Any]:
     """Run the whole pipeline for ``tiles`` (default: ``runtime.tiles``, else every tile);
     ``force`` re-infers sub-tiles that already have a result; ``allow_failures`` lets the
-    run end Completed although sub-tiles failed."""
-    out = run_pipeline(config, tiles, run_id, report, force=force, allow_failures=allow_failures)
+    run end Completed although sub-tiles failed; ``allow_unconverged`` accepts fits that
+    did not converge within their step budget (they stay marked in the catalog)."""
+    out = run_pipeline(
+        config,
+        tiles,
+        run_id,
+        report,
+        force=force,
+        allow_failures=allow_failures,
+        allow_unconverged=allow_unconverged,
+    )
     message = failure_message(out)
     if message is not None and not (allow_failures and out["validate"]["ok"]):
         # the flow run is Failed with the cause as its message; the summary is its data
@@ -164,6 +181,7 @@ def run_here(
     run_id: str | None = None,
     report: bool = True,
     allow_failures: bool = False,
+    allow_unconverged: bool = False,
 ) -> RunEnd:
     """Run :func:`pipeline` in this process and say how it ended (never raises for the
     run's own failures or a stop by signal)."""
@@ -174,6 +192,7 @@ def run_here(
             run_id=run_id,
             report=report,
             allow_failures=allow_failures,
+            allow_unconverged=allow_unconverged,
             return_state=True,
         )
     except (CancelledRun, KeyboardInterrupt):  # before or after the flow run proper

@@ -13,6 +13,7 @@ import pytest
 
 from tests.fixtures.fields import (  # noqa: F401  (fixtures)
     light_field,
+    pixels_field,
     prepared_field,
     s3_light_field,
 )

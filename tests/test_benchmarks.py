@@ -154,6 +154,38 @@ def test_projections_gpu_rate_rows() -> None:
     )
 
 
+def test_projections_sparse_model_rows() -> None:
+    """The sparse model's rows: stamps x (ms per stamp + ms per stamp-Mpx x window) x
+    evaluations, by hand."""
+    proc = _run(
+        PROJECTIONS,
+        "--lines",
+        "--sources=1e6",
+        "--subtiles=1000",
+        "--extended-area-ratio=2",
+        "--exposures-per-source=3",
+        "--rendered-per-visible=1.5",
+        "--gpu-ms-per-stamp=0.1",
+        "--gpu-ms-per-stamp-mpx=0.5",
+        "--window-mpx=0.2",
+        "--map-evaluations=400",
+        "--days=10",
+    )
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    prefix = "gpu_map_sparse_model_"
+    assert float(values[prefix + "stamps_rendered_per_step_and_sub_tile"]) == 9000  # 2000 x 4.5
+    assert math.isclose(  # 9000 x (0.1 + 0.5 x 0.2) ms
+        float(values[prefix + "s_per_loss_evaluation_extrapolated_s"]), 1.8, rel_tol=1e-5
+    )
+    assert math.isclose(  # x 400 evaluations = 720 s
+        float(values[prefix + "h200_hours_per_sub_tile_extrapolated_gpu_h"]), 0.2, rel_tol=1e-5
+    )
+    assert math.isclose(
+        float(values[prefix + "h200_hours_for_the_survey_extrapolated_gpu_h"]), 200, rel_tol=1e-5
+    )
+
+
 def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:
     """The soak's zeros mean something: its accounting catches planted losses and
     duplicates (the soak itself takes minutes: run ``benchmarks/soak.py``)."""
@@ -194,3 +226,28 @@ def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:
     assert broken["rows_duplicated"] == 1
     assert broken["rows_lost"] == 3
     assert broken["subtiles_missing"] == 1
+
+
+def test_shine_cost_survey_shapes_compares_the_two_layouts() -> None:
+    """The compiled-shape estimate of benchmarks/shine_cost.py (no SHINE needed): packed
+    canvases need fewer shapes per sub-tile than a canvas per window, and pad more."""
+    import importlib.util
+
+    import numpy as np
+
+    path = SCRIPT.parent / "shine_cost.py"
+    spec = importlib.util.spec_from_file_location("shine_cost", path)
+    assert spec is not None
+    assert spec.loader is not None
+    shine_cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shine_cost)
+    args = (np.array([30, 40, 50]), 600.0, [0.8, 0.15, 0.05], [64, 128, 256], 8)
+    own = shine_cost.survey_shapes(*args, 0)
+    packed = shine_cost.survey_shapes(*args, 1024)
+    assert own["samples"] == packed["samples"] == 8
+    assert packed["shapes_per_subtile"] < own["shapes_per_subtile"] / 2
+    assert 1.0 <= own["rendered_per_visible"] < packed["rendered_per_visible"]
+    assert own["shapes_after_quarter"] <= own["shapes_after_half"] <= own["compiled_shapes"]
+    # quadrants (2048 x 2066 px) over a 9.5' box: each covers ~7 % of the positions
+    # that overlap it, so 30-50 exposures see a source ~2-4 times
+    assert 1.5 < own["exposures_per_source"] == packed["exposures_per_source"] < 4.5

@@ -16,6 +16,10 @@ Checks (each a :class:`Violation` when it finds something):
     are allowed).
 ``shear_out_of_range``
     ``ok`` sub-tiles with ``|g| >= 1``, or without a shear at all.
+``unconverged``
+    ``ok`` sub-tiles whose fit did not meet its stopping rule (``converged`` false: a
+    MAP fit still moving at the end of its step budget); a violation unless
+    ``allow_unconverged``. Backends without a stopping rule leave ``converged`` null.
 ``duplicate_subtiles`` / ``duplicate_sources``
     A sub-tile key present more than once; an ``object_id`` present more than once.
 ``count_mismatch``
@@ -105,6 +109,7 @@ class ValidationReport:
     n_failed: int
     n_skipped: int
     sources: int
+    n_unconverged: int = 0
     missing: list[tuple[int, int, int]] = field(default_factory=list)
     failures: list[tuple[int, int, int, str]] = field(default_factory=list)
     non_finite: dict[str, int] = field(default_factory=dict)
@@ -154,6 +159,7 @@ class ValidationReport:
             f"| expected sub-tiles | {exp} |",
             f"| sub-tile rows | {self.present} |",
             f"| ok / failed / skipped | {self.n_ok} / {self.n_failed} / {self.n_skipped} |",
+            f"| ok but not converged | {self.n_unconverged} |",
             f"| missing sub-tiles | {len(self.missing)} |",
             f"| source rows | {self.sources} |",
             f"| non-finite values | {sum(self.non_finite.values())} |",
@@ -298,6 +304,7 @@ def validate_catalog(
     max_rows: int = 20_000_000,
     expect_backend: str | None = None,
     expect_config_hash: str | None = None,
+    allow_unconverged: bool = False,
 ) -> ValidationReport:
     """Run every check on ``catalog`` (restricted to ``tiles`` when given); with
     ``expect_backend`` / ``expect_config_hash``, rows of other backends or science
@@ -368,6 +375,22 @@ def validate_catalog(
                     tuple(f"{_fmt_key(k)}: {v}" for k, v in other[:_EXAMPLES]),
                 )
             )
+
+    # Fits that did not converge (null where not applicable, e.g. older rows).
+    converged = sub.column("converged").to_pylist() if "converged" in sub.column_names else []
+    unconverged = [
+        int(k) for k, c, o in zip(keys, converged, is_ok, strict=False) if o and c is False
+    ]
+    report.n_unconverged = len(unconverged)
+    if unconverged and not allow_unconverged:
+        violations.append(
+            Violation(
+                "unconverged",
+                len(unconverged),
+                "ok sub-tiles whose fit did not converge within its step budget",
+                tuple(_fmt_key(k) for k in unconverged[:_EXAMPLES]),
+            )
+        )
 
     # Duplicate sub-tile rows.
     uniq, counts = np.unique(keys, return_counts=True)
@@ -524,6 +547,7 @@ def validate(
     catalog: ShearCatalog | None = None,
     expect_backend: str | None = None,
     expect_config_hash: str | None = None,
+    allow_unconverged: bool = False,
 ) -> ValidationReport:
     """Validate the configured catalog against the prepared sub-tiles under the work root
     (see :func:`validate_catalog` for the ``expect_*`` checks)."""
@@ -543,4 +567,5 @@ def validate(
         allow_failed=allow_failed,
         expect_backend=expect_backend,
         expect_config_hash=expect_config_hash,
+        allow_unconverged=allow_unconverged,
     )

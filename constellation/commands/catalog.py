@@ -83,6 +83,14 @@ def validate(
         bool,
         typer.Option("--allow-failed", help="Failed sub-tiles are reported, not violations."),
     ] = False,
+    allow_unconverged: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unconverged",
+            help="Fits that did not converge within their step budget are reported, not "
+            "violations.",
+        ),
+    ] = False,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Also write the Markdown report here.")
     ] = None,
@@ -97,6 +105,7 @@ def validate(
         settings,
         tiles=_tiles(tile, settings.runtime.tiles),
         allow_failed=allow_failed,
+        allow_unconverged=allow_unconverged,
         storage=storage,
     )
     text = report.to_markdown()

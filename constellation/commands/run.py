@@ -25,6 +25,14 @@ from constellation.commands._common import EXIT_CONFIG_ERROR, EXIT_FAILURE, fail
 
 __all__ = ["demo", "run", "run_pipeline_flow"]
 
+AllowUnconvergedOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unconverged",
+        help="Accept fits that did not converge within their step budget (they stay marked "
+        "converged = false in the catalog).",
+    ),
+]
 AllowFailuresOption = Annotated[
     bool,
     typer.Option(
@@ -78,6 +86,7 @@ def run_pipeline_flow(
     run_id: str | None = None,
     report: bool = True,
     allow_failures: bool = False,
+    allow_unconverged: bool = False,
     verbosity: int = 0,
 ) -> dict[str, Any]:
     """Run the pipeline flow here and return its summary, or exit with the code of the
@@ -91,7 +100,12 @@ def run_pipeline_flow(
     set_progress_reporter(_echo_err)
     try:
         end = run_here(
-            config, tiles=tiles, run_id=run_id, report=report, allow_failures=allow_failures
+            config,
+            tiles=tiles,
+            run_id=run_id,
+            report=report,
+            allow_failures=allow_failures,
+            allow_unconverged=allow_unconverged,
         )
     finally:
         set_progress_reporter(None)
@@ -137,6 +151,7 @@ def run(
         bool, typer.Option("--report/--no-report", help="Draw the QA figures at the end.")
     ] = True,
     allow_failures: AllowFailuresOption = False,
+    allow_unconverged: AllowUnconvergedOption = False,
 ) -> None:
     """Run the whole pipeline (preflight, index, prepare, infer on Ray, assemble,
     validate) as a Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary
@@ -150,6 +165,7 @@ def run(
         run_id=run_id,
         report=report,
         allow_failures=allow_failures,
+        allow_unconverged=allow_unconverged,
         verbosity=state.verbosity,
     )
 

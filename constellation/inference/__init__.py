@@ -50,7 +50,7 @@ def _build(settings: Settings, name: str) -> InferenceBackend:
     if name == "shine":
         from constellation.inference.shine import ShineBackend
 
-        return ShineBackend(science)
+        return ShineBackend(science, cache_dir=settings.runtime.jax_cache_dir)
     raise BackendUnavailableError(f"unknown inference backend {name!r}; use 'shine' or 'mock'")
 
 

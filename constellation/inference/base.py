@@ -141,6 +141,8 @@ class BackendOutput:
     g1_g2_cov: float | None = None
     convergence: float | None = None
     convergence_kind: str | None = None
+    converged: bool | None = None  # met its stopping rule; None: not applicable
+    n_steps: int | None = None  # optimisation steps run
     n_exposures: int | None = None  # None = all exposures of the manifest
     t_load_s: float = 0.0
     t_infer_s: float = 0.0

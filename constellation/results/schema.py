@@ -100,6 +100,14 @@ SUBTILE_SCHEMA = pa.schema(
         _f("config_hash", _STR, False, "Science configuration hash."),
         _f("code_version", _STR, False, "constellation version."),
         _f("shear_convention", _STR, False, "Shear sign convention."),
+        _f(
+            "converged",
+            pa.bool_(),
+            True,
+            "Whether the fit met its stopping rule (MAP: the shear settled within the "
+            "step budget); null where the method has none.",
+        ),
+        _f("n_steps", _I32, True, "Optimisation steps run (MAP); null otherwise."),
     ]
 )
 

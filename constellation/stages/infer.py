@@ -132,6 +132,8 @@ class InferOutcome:
     error: str | None = None
     cause: str | None = None
     retryable: bool = False
+    converged: bool | None = None  # of an ok fit: met its stopping rule (None: no rule)
+    n_steps: int | None = None
 
     @property
     def label(self) -> str:
@@ -159,6 +161,10 @@ class SubTileFailedError(RuntimeError):
         return cls(outcome.label, outcome.error or "", outcome.cause or "", outcome.retryable)
 
 
+#: The cause an ``ok`` outcome carries when its fit did not converge within its budget.
+UNCONVERGED = "not converged within the step budget"
+
+
 @dataclass
 class OutcomeSummary:
     """Counts by status, and failures and skips grouped by cause with one example each."""
@@ -178,7 +184,10 @@ class OutcomeSummary:
                 self.examples.setdefault(key, example)
 
     def add_outcome(self, outcome: InferOutcome) -> None:
-        self.add(outcome.status, outcome.cause, f"{outcome.label}: {outcome.error}")
+        if outcome.status == "ok" and outcome.converged is False:
+            self.add("ok", UNCONVERGED, f"{outcome.label}: stopped after {outcome.n_steps} steps")
+        else:
+            self.add(outcome.status, outcome.cause, f"{outcome.label}: {outcome.error}")
 
     def merge(self, other: OutcomeSummary) -> None:
         self.counts.update(other.counts)
@@ -190,7 +199,13 @@ class OutcomeSummary:
     def n_failed(self) -> int:
         return self.counts.get("failed", 0)
 
-    def lines(self, statuses: Iterable[str] = ("failed", "unavailable", "skipped")) -> list[str]:
+    @property
+    def n_unconverged(self) -> int:
+        return self.by_cause.get(("ok", UNCONVERGED), 0)
+
+    def lines(
+        self, statuses: Iterable[str] = ("failed", "unavailable", "skipped", "ok")
+    ) -> list[str]:
         """One line per (status, cause), most frequent first: count, cause, example."""
         wanted = tuple(statuses)
         keys = sorted(
@@ -322,6 +337,8 @@ def _subtile_row(
             method=out.method,
             convergence=out.convergence,
             convergence_kind=out.convergence_kind,
+            converged=out.converged,
+            n_steps=out.n_steps,
             n_sources_modelled=out.n_sources_modelled,
             t_load_s=out.t_load_s,
             t_infer_s=out.t_infer_s,
@@ -452,4 +469,6 @@ def infer_subtile(
         error=error,
         cause=None if verdict is None else verdict.cause,
         retryable=verdict is not None and verdict.retryable,
+        converged=None if out is None else out.converged,
+        n_steps=None if out is None else out.n_steps,
     )

@@ -7,6 +7,7 @@ installed from its source tree; see docs/shine.md); CI runs them with SHINE
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import numpy as np
@@ -19,7 +20,9 @@ from constellation.inference.base import BackendError
 from constellation.inference.shine import (
     INSTALL_HINT,
     CropWindow,
+    ExposureData,
     ShineBackend,
+    SubTileData,
     bucket,
     convex_polygon_mask,
     crop_span,
@@ -150,6 +153,66 @@ def test_buckets() -> None:
     assert [source_bucket(n) for n in (0, 1, 2, 3, 5, 16, 17, 33)] == [0, 1, 2, 4, 8, 16, 32, 48]
     with pytest.raises(ValueError, match="step"):
         bucket(3, 0)
+
+
+def test_stamp_windows_group_overlapping_stamps() -> None:
+    from constellation.inference.shine.packing import stamp_windows
+
+    positions = np.array([
+        [40.0, 40.0],    # A: box [8, 72)^2
+        [100.0, 40.0],   # B: overlaps A (x 68..132)
+        [160.0, 40.0],   # C: overlaps B, not A: one window with A and B
+        [300.0, 300.0],  # D: alone
+        [300.0, 380.0],  # E: tier 1 (128 px): box [236, 364) x [316, 444) -> overlaps D
+        [500.0, 100.0],  # F: not visible here
+    ])  # fmt: skip
+    tiers = np.array([0, 0, 0, 0, 1, 0])
+    exposure = ExposureData(
+        key="e", quadrant="1-1.E", image=np.zeros((600, 600), np.float32),
+        sigma=np.ones((600, 600), np.float32), valid=np.ones((600, 600), bool),
+        background=0.0, positions=positions,
+        visible=np.array([True, True, True, True, True, False]),
+        jacobians=np.tile([0.1, 0, 0, 0.1], (6, 1)), psfs=np.zeros((6, 21, 21)),
+        corners_sky=np.zeros((4, 2)),
+    )  # fmt: skip
+    data = SubTileData(
+        exposures=[exposure], object_ids=np.arange(6), ra=np.zeros(6), dec=np.zeros(6),
+        flux_adu=np.ones(6), hlr=np.ones(6), tiers=tiers, n_rejected=0,
+        n_masked_invisible=0, reference_magzerop=24.5, reference_exptime=560.0,
+    )  # fmt: skip
+    windows = sorted(stamp_windows(data, [64, 128, 256]), key=lambda w: w.x0)
+    assert [w.sources.tolist() for w in windows] == [[0, 1, 2], [3, 4]]
+    abc, de = windows
+    assert (abc.x0, abc.y0, abc.nx, abc.ny) == (8, 8, 192 - 8, 64)
+    assert (de.x0, de.y0, de.nx, de.ny) == (236, 268, 128, 444 - 268)
+    # every visible source in exactly one window of its exposure; its stamp inside it
+    assert sorted(i for w in windows for i in w.sources) == [0, 1, 2, 3, 4]
+
+
+def test_sparse_model_ladders() -> None:
+    from constellation.inference.shine.buckets import (
+        IMAGE_LADDER,
+        count_bucket,
+        image_bucket,
+        slot_bucket,
+    )
+
+    # image sides: the ladder, at most 25 % padding, a whole quadrant fits the last rung
+    assert [image_bucket(n) for n in (1, 64, 65, 128, 257, 1039, 2048, 2066)] == [
+        64, 64, 80, 128, 320, 1280, 2048, 2112,
+    ]  # fmt: skip
+    assert image_bucket(3000) == 3072
+    for low, high in itertools.pairwise(IMAGE_LADDER):
+        assert high <= 1.25 * low + 1e-9
+    # counts: exact up to 8, then at most 25 % padding, four rungs per doubling
+    assert [count_bucket(n) for n in (0, 1, 4, 5, 8, 9, 17, 33, 100)] == [
+        0, 1, 4, 5, 8, 10, 20, 40, 112,
+    ]  # fmt: skip
+    for n in range(1, 5000):
+        assert n <= count_bucket(n) <= 1.25 * n
+    assert len({count_bucket(n) for n in range(65, 129)}) == 4
+    # parameter vectors: powers of two, at least 16
+    assert [slot_bucket(n) for n in (0, 1, 16, 17, 2460)] == [16, 16, 16, 32, 4096]
 
 
 # --------------------------------------------------------------------------- sources
@@ -402,69 +465,155 @@ def test_psf_bridge_puts_the_galaxy_at_its_wcs_position(shine_euclid: object) ->
     assert backend.MASKED_SIGMA == 1e10
 
 
-@pytest.mark.shine
-def test_map_runs_and_reuses_the_compiled_step(shine_euclid: object) -> None:
-    """A tiny two-exposure MAP fit through the cached optimiser, run twice."""
-    from constellation.inference.shine import ExposureData, SubTileData
-
-    backend = ShineBackend(ScienceConfig())
-    cfg = backend._config(
-        _tiny_manifest(),
-        "memory://x/manifest.yaml",
-    )
-    rng = np.random.default_rng(0)
+def _tiny_subtile(seed: int = 0) -> SubTileData:
+    """Two 96 x 96 exposures of noise, three sources: the third visible only in the second
+    exposure (so that the sparse model gathers different slots per exposure)."""
+    rng = np.random.default_rng(seed)
     ny = nx = 96
+    positions = np.array([[40.0, 40.0], [60.0, 55.0], [34.0, 60.0]])
     exps = []
-    for _ in range(2):
-        psfs = np.stack([psf_for_shine(_gauss(), [0.1, 0, 0, 0.1], (0.5, 0.5))] * 2)
+    for j in range(2):
+        psfs = np.stack([psf_for_shine(_gauss(), [0.1, 0, 0, 0.1], (0.5, 0.5))] * 3)
         exps.append(
             ExposureData(
-                key="e",
+                key=f"e{j}",
                 quadrant="3-4.F",
                 image=rng.normal(0, 1, (ny, nx)).astype(np.float32),
                 sigma=np.ones((ny, nx), dtype=np.float32),
                 valid=np.ones((ny, nx), dtype=bool),
                 background=0.0,
-                positions=np.array([[40.0, 40.0], [60.0, 55.0]]),
-                visible=np.array([True, True]),
-                jacobians=np.array([[0.1, 0, 0, 0.1]] * 2),
+                positions=positions + j,
+                visible=np.array([True, True, j == 1]),
+                jacobians=np.array([[0.1, 0, 0, 0.1]] * 3),
                 psfs=psfs,
                 corners_sky=np.zeros((4, 2)),
             )
         )
-    data = SubTileData(
+    return SubTileData(
         exposures=exps,
-        object_ids=np.array([5, 9]),
-        ra=np.zeros(2),
-        dec=np.zeros(2),
-        flux_adu=np.array([100.0, 200.0]),
-        hlr=np.array([0.3, 0.3]),
-        tiers=np.array([0, 0]),
+        object_ids=np.array([5, 9, 11]),
+        ra=np.zeros(3),
+        dec=np.zeros(3),
+        flux_adu=np.array([100.0, 200.0, 150.0]),
+        hlr=np.array([0.3, 0.3, 0.4]),
+        tiers=np.array([0, 0, 0]),
         n_rejected=0,
         n_masked_invisible=0,
         reference_magzerop=24.5,
         reference_exptime=560.0,
     )
-    results = []
-    for _ in range(2):
-        eset, slot_of, tiers = backend._exposure_set(data, 3, pad_sources=True)
-        assert eset.image_ny == eset.image_nx == 128
-        assert tiers == (2, 0, 0)
-        point, losses, g1s, _, _ = backend._run_map(cfg, eset, tiers, 3, 0.01)
-        results.append(point)
-        assert losses.shape == (3,)
-        assert np.all(np.isfinite(losses))
-        assert g1s.shape == (3,)
-    assert len(backend._compiled) == 1  # the second run reused the compiled optimiser
-    np.testing.assert_allclose(results[0]["g1"], results[1]["g1"])
+
+
+@pytest.mark.shine
+def test_sparse_and_dense_models_agree_and_reuse_their_compiled_pieces(
+    shine_euclid: object,
+) -> None:
+    """From the same start, the same Adam steps: the model of only the visible sources on
+    each exposure's own crop gives the whole-scene model's shear and parameters."""
+    from constellation.inference.shine.model import MapSettings
+
+    backend = ShineBackend(ScienceConfig())
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    data = _tiny_subtile()
+    # a canvas per window (packed canvases: the next test)
+    fixed = MapSettings(learning_rate=0.01, max_steps=4, fixed_steps=True, canvas_side=0)
+    dense = backend.dense.fit(cfg, data, fixed)
+    sparse = backend.sparse.fit(cfg, data, fixed)
+    assert dense.extras["image_ny"] == dense.extras["image_nx"] == 128
+    assert dense.extras["rendered_slots"] == 4 * 2  # 3 sources padded to 4, 2 exposures
+    assert sparse.extras["source_exposure_pairs"] == 2 + 3  # what each exposure sees
+    # their stamps overlap: one window per exposure, the bounding box of its stamps, on
+    # an image of its own with sides on the ladder
+    assert sparse.extras["windows"] == sparse.extras["canvases"] == 2
+    assert sparse.extras["window_pixels"] == 84 * 79 + 90 * 84
+    assert sparse.extras["term_pixels"] == 96 * 80 + 96 * 96 < dense.extras["term_pixels"]
+    assert dense.g1_path.shape == sparse.g1_path.shape == (4,)
+    np.testing.assert_allclose(sparse.g1_path, dense.g1_path, atol=1e-6)
+    np.testing.assert_allclose(sparse.g2_path, dense.g2_path, atol=1e-6)
+    assert abs(sparse.g1_path[-1]) > 1e-3  # the shear moved: the comparison is not idle
+    for name, value in dense.point.items():
+        if np.ndim(value):
+            np.testing.assert_allclose(
+                sparse.point[name][sparse.slot_of], value[dense.slot_of], rtol=1e-4, atol=1e-6
+            )
+    # a second sub-tile of the same buckets compiles nothing new
+    n_dense, n_sparse = len(backend.dense.compiled), len(backend.sparse.compiled)
+    again = backend.sparse.fit(cfg, _tiny_subtile(seed=1), fixed)
+    backend.dense.fit(cfg, _tiny_subtile(seed=1), fixed)
+    assert (len(backend.dense.compiled), len(backend.sparse.compiled)) == (n_dense, n_sparse)
+    assert n_sparse == 3  # two window buckets + the prior/update of this slot count
+    assert again.extras["compiled_now"] == 0
     out = summarize_posterior(
-        {k: v[None, None, ...] for k, v in results[0].items()},
+        {k: v[None, None, ...] for k, v in sparse.point.items()},
         data.object_ids,
-        slot_of,
+        sparse.slot_of,
         with_errors=False,
     )
-    assert out.sources.column("object_id").to_pylist() == [5, 9]
+    assert out.sources.column("object_id").to_pylist() == [5, 9, 11]
     assert all(np.isfinite(v) for v in out.sources.column("flux").to_pylist())
+
+
+@pytest.mark.shine
+def test_windows_packed_on_canvases_give_the_same_fit(shine_euclid: object) -> None:
+    from constellation.inference.shine.model import MapSettings
+
+    backend = ShineBackend(ScienceConfig())
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    data = _tiny_subtile()
+    own = backend.sparse.fit(cfg, data, MapSettings(max_steps=4, fixed_steps=True, canvas_side=0))
+    packed = backend.sparse.fit(
+        cfg, data, MapSettings(max_steps=4, fixed_steps=True, canvas_side=256)
+    )
+    assert (own.extras["canvases"], packed.extras["canvases"]) == (2, 1)  # both windows on one
+    np.testing.assert_allclose(packed.g1_path, own.g1_path, atol=1e-6)
+    np.testing.assert_allclose(packed.g2_path, own.g2_path, atol=1e-6)
+    for name, value in own.point.items():
+        if np.ndim(value):
+            np.testing.assert_allclose(packed.point[name], value, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.shine
+def test_the_sparse_fit_stops_at_convergence_or_says_it_did_not(shine_euclid: object) -> None:
+    from constellation.inference.shine.model import MapSettings
+
+    backend = ShineBackend(ScienceConfig())
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    data = _tiny_subtile()
+    loose = MapSettings(max_steps=50, tolerance=1.0, window=3, check_every=2)
+    fit = backend.sparse.fit(cfg, data, loose)
+    assert (fit.converged, fit.n_steps) == (True, 4)  # the first check after `window` steps
+    assert fit.g1_path.shape == (4,)
+    strict = MapSettings(max_steps=6, tolerance=1e-12, window=3, check_every=2)
+    fit = backend.sparse.fit(cfg, data, strict)
+    assert (fit.converged, fit.n_steps) == (False, 6)
+    assert fit.drift > 1e-12
+
+
+@pytest.mark.shine
+def test_lbfgs_converges_below_adams_loss_and_adam_leaving_the_domain_is_typed(
+    shine_euclid: object,
+) -> None:
+    from constellation.inference.base import NonFiniteFitError
+    from constellation.inference.shine.model import MapSettings
+
+    backend = ShineBackend(ScienceConfig())
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    data = _tiny_subtile()
+    lbfgs = backend.sparse.fit(
+        cfg, data, MapSettings(max_steps=150, optimizer="lbfgs", window=5, check_every=1)
+    )
+    assert lbfgs.converged is True
+    assert lbfgs.n_steps < 150
+    adam = backend.sparse.fit(cfg, data, MapSettings(max_steps=60, fixed_steps=True))
+    assert adam.extras["evaluations"] == 60
+    assert lbfgs.final_loss is not None
+    assert adam.final_loss is not None
+    assert lbfgs.final_loss < adam.final_loss
+    assert np.isfinite(lbfgs.g1_path[-1])
+    # on this noise-only scene Adam's fixed steps push an ellipticity past |e| = 1
+    # within 100 steps: a typed, permanent failure, not a runtime error of JAX
+    with pytest.raises(NonFiniteFitError, match="domain"):
+        backend.sparse.fit(cfg, data, MapSettings(max_steps=100, fixed_steps=True))
 
 
 def _tiny_manifest():  # type: ignore[no-untyped-def]

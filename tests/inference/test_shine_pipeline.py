@@ -2,11 +2,12 @@
 JAX on the CPU, two fake Ray GPUs, a few MAP steps. Its results are committed to the
 catalog with ``backend = shine`` and validated.
 
-The field is one tile; only quadrant 2-1.F of its four exposures holds rendered
-galaxies (the other quadrants of a ``pixels`` field have no valid pixels), and it lies
-on the tile's edge, so that an 8 x 8 tiling (0.25' margin) puts it in two sub-tiles:
-those are fitted, the others are skipped (nothing to fit). Needs SHINE (marked
-``shine``; CI runs it with SHINE installed).
+The field (:class:`tests.fixtures.fields.PixelsField`) is one tile; only quadrant 2-1.F
+of its four exposures holds rendered galaxies (the other quadrants of a ``pixels`` field
+have no valid pixels), and it lies on the tile's edge, so that an 8 x 8 tiling (0.25'
+margin) puts it in two sub-tiles: those are fitted, the others are skipped (nothing to
+fit). Three MAP steps cannot converge: the run accepts that (``--allow-unconverged``)
+and the catalog says so. Needs SHINE (marked ``shine``; CI runs it with SHINE installed).
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 from constellation.cli import app
 from constellation.config import load_config
+from tests.fixtures.fields import PixelsField
 
 pytestmark = [pytest.mark.shine, pytest.mark.integration]
 
 runner = CliRunner()
-
-#: The quadrant rendered with galaxies: on the edge of the field's tile.
-RENDERED = "2-1.F"
 
 
 @dataclass
@@ -40,42 +38,17 @@ class ShineRun:
 
 
 @pytest.fixture(scope="module")
-def shine_run(
-    shine_euclid: object, prefect_api: str, tmp_path_factory: pytest.TempPathFactory
-) -> ShineRun:
+def shine_run(shine_euclid: object, prefect_api: str, pixels_field: PixelsField) -> ShineRun:
     from constellation.inference import clear_backends
-    from constellation.io.storage import Storage
-    from constellation.simulate import FieldSpec
-    from constellation.simulate.run import simulate_field
 
     clear_backends()
-    base = tmp_path_factory.mktemp("shine-run")
-    spec = FieldSpec(n_tiles_ra=1, n_tiles_dec=1, mode="pixels", density_per_arcmin2=4.0,
-                     pixel_quadrants=(RENDERED,), seed=42)  # fmt: skip
-    simulate_field(spec, Storage(), str(base / "input"))
-    doc = {
-        "science": {
-            "tiling": {"n_rows": 8, "n_cols": 8, "margin_arcmin": 0.25},
-            "backend": {"name": "shine"},
-            "shine": {
-                "inference": {
-                    "method": "map",
-                    "map_config": {"enabled": True, "num_steps": 3, "learning_rate": 0.01},
-                    "rng_seed": 0,
-                },
-                "sources": {"min_snr": 10.0},
-            },
-        },
-        "runtime": {
-            "storage": {"data_uri": str(base / "input"), "work_uri": str(base / "work")},
-            "ray": {"local_num_gpus": 2, "num_gpus_per_task": 1, "num_cpus_per_task": 0.5},
-        },
-    }
-    config = base / "config.yaml"
-    config.write_text(yaml.safe_dump(doc))
     t0 = time.perf_counter()
-    result = runner.invoke(app, ["-c", str(config), "run", "--no-report", "--run-id", "shine"])
-    return ShineRun(config, result.exit_code, result.output, time.perf_counter() - t0)
+    result = runner.invoke(
+        app,
+        ["-c", str(pixels_field.config), "run", "--no-report", "--run-id", "shine",
+         "--allow-unconverged"],
+    )  # fmt: skip
+    return ShineRun(pixels_field.config, result.exit_code, result.output, time.perf_counter() - t0)
 
 
 def test_the_shine_run_passes_its_validation(shine_run: ShineRun) -> None:
@@ -101,6 +74,8 @@ def test_the_catalog_holds_shine_fits(shine_run: ShineRun) -> None:
     for r in ok:
         assert r["method"] == "map"
         assert r["convergence_kind"] == "map_shear_drift"
+        assert r["converged"] is False  # 3 steps: marked, not silently accepted
+        assert r["n_steps"] == 3
         assert math.isfinite(r["g1"])
         assert math.isfinite(r["g2"])
         assert math.hypot(r["g1"], r["g2"]) < 1

@@ -3,20 +3,20 @@ package docstring)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.metadata
 import io
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from numpy.typing import NDArray
 
 from constellation.config import ScienceConfig
 from constellation.inference.base import (
@@ -26,19 +26,25 @@ from constellation.inference.base import (
     SubTileDataError,
     SubTileInput,
 )
-from constellation.inference.shine.buckets import bucket, source_bucket
-from constellation.inference.shine.geometry import MASKED_SIGMA, FloatArray
 from constellation.inference.shine.loading import (
     LoadSettings,
     SubTileData,
     load_subtile,
     read_image,
 )
+from constellation.inference.shine.model import (
+    DenseModel,
+    MapFit,
+    MapSettings,
+    SparseModel,
+    dense_exposure_set,
+    init_values,
+    to_jax,
+)
 from constellation.inference.shine.posterior import (
     PosteriorSummary,
     _chains,
     _posterior_arrays,
-    shear_drift,
     split_rhat,
     summarize_posterior,
 )
@@ -80,6 +86,17 @@ def _shine_config(sections: Any, data: dict[str, Any]) -> Any:
     return EuclidInferenceConfig.model_validate(raw)
 
 
+def _use_compilation_cache(cache_dir: str) -> None:
+    """Keep JAX's compiled programs in ``cache_dir`` (shared by the processes of a node):
+    a process that meets a bucket compiled before loads it instead of compiling."""
+    import jax
+
+    path = os.path.expanduser(cache_dir)
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def _shine_version() -> str:
     for dist in ("shine-wl", "shine"):
         try:
@@ -106,15 +123,12 @@ class ShineBackend:
 
     name = "shine"
 
-    #: Image sides are padded up to a multiple of this (compile-cache buckets).
-    shape_step = 128
-    #: Per-tier source counts are padded up to a multiple of this.
-    source_step = 16
-
-    def __init__(self, science: ScienceConfig) -> None:
+    def __init__(self, science: ScienceConfig, cache_dir: str | None = None) -> None:
         self.science = science
         self._euclid = _import_shine()
         self.version = _shine_version()
+        if cache_dir:
+            _use_compilation_cache(cache_dir)
         try:
             _shine_config(science.shine, {"exposure_paths": [], "psf_path": "", "catalog_path": ""})
         except Exception as exc:  # pydantic.ValidationError, kept generic
@@ -123,7 +137,9 @@ class ShineBackend:
             ) from exc
         self._lock = threading.Lock()
         self._psf_cache: OrderedDict[tuple[str, int], Any] = OrderedDict()
-        self._compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+        #: MAP models, keeping their compiled pieces for the life of the process
+        self.sparse = SparseModel(self._euclid)
+        self.dense = DenseModel(self._euclid)
 
     @property
     def device(self) -> str:
@@ -184,269 +200,24 @@ class ShineBackend:
                 self._psf_cache.popitem(last=False)
         return model
 
-    # ------------------------------------------------------------------ ExposureSet
+    # ------------------------------------------------------------------ MAP
 
-    def _exposure_set(
-        self, data: SubTileData, n_tiers: int, pad_sources: bool
-    ) -> tuple[Any, NDArray[np.int64], tuple[int, ...]]:
-        """SHINE's ExposureSet (numpy arrays) and the slot of each real source.
-
-        With ``pad_sources`` each tier's source count and the image shape are
-        padded to buckets (padded sources are invisible everywhere).
-        """
-        exps = data.exposures
-        ny = max(e.image.shape[0] for e in exps)
-        nx = max(e.image.shape[1] for e in exps)
-        if pad_sources:
-            # from the unclipped crops (at most a quadrant): the same for every sub-tile
-            # of a tile, even where the quadrant edges cut the crops differently
-            ny = max(ny, *(e.span[0] for e in exps))
-            nx = max(nx, *(e.span[1] for e in exps))
-            ny, nx = bucket(ny, self.shape_step), bucket(nx, self.shape_step)
-        n_exp = len(exps)
-        counts = [int((data.tiers == t).sum()) for t in range(n_tiers)]
-        padded = [source_bucket(c, self.source_step) if pad_sources else c for c in counts]
-        n_slots = sum(padded)
-        slot_of = np.zeros(data.object_ids.size, dtype=np.int64)
-        tier_arr = np.zeros(n_slots, dtype=np.int32)
-        start = 0
-        src = 0
-        for t in range(n_tiers):
-            tier_arr[start : start + padded[t]] = t
-            slot_of[src : src + counts[t]] = np.arange(start, start + counts[t])
-            start += padded[t]
-            src += counts[t]
-        images = np.zeros((n_exp, ny, nx), dtype=np.float32)
-        sigma = np.full((n_exp, ny, nx), MASKED_SIGMA, dtype=np.float32)
-        masks = np.zeros((n_exp, ny, nx), dtype=bool)
-        pos = np.zeros((n_slots, n_exp, 2))
-        jac = np.tile(np.array([0.1, 0.0, 0.0, 0.1]), (n_slots, n_exp, 1))
-        psf = np.zeros((n_slots, n_exp, 21, 21))
-        psf[:, :, 10, 10] = 1.0
-        vis = np.zeros((n_slots, n_exp), dtype=bool)
-        for j, e in enumerate(exps):
-            h, w = e.image.shape
-            images[j, :h, :w] = e.image
-            sigma[j, :h, :w] = e.sigma
-            masks[j, :h, :w] = e.valid
-            pos[slot_of, j] = e.positions
-            jac[slot_of, j] = e.jacobians
-            psf[slot_of, j] = e.psfs
-            vis[slot_of, j] = e.visible
-        flux = np.ones(n_slots)
-        flux[slot_of] = data.flux_adu
-        hlr = np.full(n_slots, 0.5)
-        hlr[slot_of] = data.hlr
-        ras = np.zeros(n_slots)
-        ras[slot_of] = data.ra
-        decs = np.zeros(n_slots)
-        decs[slot_of] = data.dec
-        ids = [-1] * n_slots
-        for i, s in enumerate(slot_of):
-            ids[int(s)] = int(data.object_ids[i])
-        eset = self._euclid.ExposureSet(
-            images=images,
-            noise_sigma=sigma,
-            masks=masks,
-            flag_maps=np.zeros((n_exp, 1, 1), dtype=np.int32),
-            backgrounds=np.array([e.background for e in exps], dtype=np.float32),
-            pixel_positions=pos.astype(np.float32),
-            wcs_jacobians=jac.astype(np.float32),
-            psf_images=psf.astype(np.float32),
-            source_visible=vis,
-            catalog_flux_adu=flux.astype(np.float32),
-            catalog_hlr_arcsec=hlr.astype(np.float32),
-            catalog_ra=ras,
-            catalog_dec=decs,
-            source_stamp_tier=tier_arr,
-            exposure_corners_sky=np.stack([e.corners_sky for e in exps]),
-            source_ids=ids,
-            n_exposures=n_exp,
-            n_sources=n_slots,
-            image_ny=ny,
-            image_nx=nx,
+    def _map_settings(self, num_steps: int, learning_rate: float) -> MapSettings:
+        opts = self.science.backend.shine
+        return MapSettings(
+            learning_rate=learning_rate,
+            max_steps=num_steps,
+            tolerance=opts.tolerance,
+            window=opts.window,
+            check_every=opts.check_every,
+            optimizer=opts.optimizer,
+            canvas_side=opts.canvas_side,
         )
-        return eset, slot_of, tuple(padded)
 
-    def _to_jax(self, eset: Any) -> Any:
-        import dataclasses
-
-        import jax.numpy as jnp
-
-        arrays = {
-            f: jnp.asarray(getattr(eset, f))
-            for f in (
-                "images",
-                "noise_sigma",
-                "masks",
-                "backgrounds",
-                "pixel_positions",
-                "wcs_jacobians",
-                "psf_images",
-                "source_visible",
-                "catalog_flux_adu",
-                "catalog_hlr_arcsec",
-            )
-        }
-        return dataclasses.replace(eset, **arrays)
-
-    # ------------------------------------------------------------------ MAP (cached)
-
-    _TRACED = (
-        "images",
-        "noise_sigma",
-        "pixel_positions",
-        "wcs_jacobians",
-        "psf_images",
-        "source_visible",
-        "catalog_flux_adu",
-        "catalog_hlr_arcsec",
-    )
-
-    def _map_fn(self, cfg: Any, eset: Any, tiers: tuple[int, ...], num_steps: int) -> Any:
-        """The compiled MAP optimiser for this bucket (built on first use)."""
-        key = (
-            eset.n_exposures,
-            eset.image_ny,
-            eset.image_nx,
-            tiers,
-            num_steps,
-            cfg.model_dump_json(include={"gal", "galaxy_stamp_sizes"}),
-            float(cfg.data.pixel_scale),
-        )
-        with self._lock:
-            fn = self._compiled.get(key)
-        if fn is not None:
-            return fn
-        fn = self._build_map_fn(cfg, eset, num_steps)
-        with self._lock:
-            self._compiled[key] = fn
-        return fn
-
-    def _build_map_fn(self, cfg: Any, template: Any, num_steps: int) -> Any:
-        import dataclasses
-
-        import jax
-        import numpyro
-        from numpyro import handlers
-        from numpyro.distributions.transforms import biject_to
-        from numpyro.infer.util import log_density
-
-        euclid = self._euclid
-        static = {
-            "source_stamp_tier": np.asarray(template.source_stamp_tier),
-            "n_exposures": template.n_exposures,
-            "n_sources": template.n_sources,
-            "image_ny": template.image_ny,
-            "image_nx": template.image_nx,
-        }
-        traced_names = self._TRACED
-
-        n_exp = int(template.n_exposures)
-
-        def run(arrays: dict[str, Any], init: dict[str, Any], lr: Any) -> Any:
-            scene = euclid.MultiExposureScene(
-                cfg, dataclasses.replace(template, **static, **arrays)
-            )
-            model = scene.build_model()
-            singles = [scene.build_single_exposure_model(j) for j in range(n_exp)]
-            images = arrays["images"]
-            kwargs = {"observed_data": images}
-            priors_only = handlers.block(model, hide_fn=lambda site: site["name"].startswith("obs"))
-            seeded = handlers.seed(handlers.substitute(model, data=init), rng_seed=0)
-            trace = handlers.trace(seeded).get_trace(observed_data=images)
-            transforms = {
-                name: biject_to(site["fn"].support)
-                for name, site in trace.items()
-                if site["type"] == "sample" and not site["is_observed"]
-            }
-            u0 = {k: transforms[k].inv(init[k]) for k in transforms}
-
-            def constrain(u: dict[str, Any]) -> dict[str, Any]:
-                return {k: transforms[k](v) for k, v in u.items()}
-
-            def log_prior(z: dict[str, Any]) -> Any:
-                return log_density(priors_only, (), kwargs, z)[0]
-
-            def exposure_terms(j: int) -> Any:
-                # prior + likelihood of exposure j; rematerialised in the backward
-                # pass so that one exposure's intermediates are alive at a time
-                return jax.checkpoint(lambda z: log_density(singles[j], (), kwargs, z)[0])
-
-            terms = [exposure_terms(j) for j in range(n_exp)]
-
-            def loss(u: dict[str, Any]) -> Any:
-                z = constrain(u)
-                total = sum((term(z) for term in terms), -(n_exp - 1) * log_prior(z))
-                return -total
-
-            opt = numpyro.optim.Adam(step_size=lr)
-            state = opt.init(u0)
-
-            def body(state: Any, _: Any) -> Any:
-                u = opt.get_params(state)
-                value, grads = jax.value_and_grad(loss)(u)
-                z = constrain(u)
-                return opt.update(grads, state), (value, z["g1"], z["g2"])
-
-            state, (losses, g1s, g2s) = jax.lax.scan(body, state, None, length=num_steps)
-            final = constrain(opt.get_params(state))
-            return final, losses, g1s, g2s, loss(opt.get_params(state))
-
-        jitted = jax.jit(run)
-
-        def call(eset: Any, init: dict[str, Any], lr: float) -> Any:
-            arrays = {name: getattr(eset, name) for name in traced_names}
-            return jitted(arrays, init, lr)
-
-        call.jitted = jitted  # type: ignore[attr-defined]  # for inspection (memory analysis)
-        return call
-
-    def _init_values(self, cfg: Any, eset: Any) -> dict[str, Any]:
-        """Catalog start: flux, hlr from the catalog, shapes, offsets and shear 0."""
-        import jax.numpy as jnp
-
-        n = eset.n_sources
-        init: dict[str, Any] = {
-            "g1": jnp.asarray(0.0, dtype=jnp.float32),
-            "g2": jnp.asarray(0.0, dtype=jnp.float32),
-            "flux": jnp.asarray(eset.catalog_flux_adu, dtype=jnp.float32),
-            "hlr": jnp.asarray(eset.catalog_hlr_arcsec, dtype=jnp.float32),
-        }
-        gal = cfg.gal
-        if gal.ellipticity is not None:
-            init["e1"] = jnp.zeros(n, dtype=jnp.float32)
-            init["e2"] = jnp.zeros(n, dtype=jnp.float32)
-        if gal.position is not None and gal.position.type == "Offset":
-            init["dx"] = jnp.zeros(n, dtype=jnp.float32)
-            init["dy"] = jnp.zeros(n, dtype=jnp.float32)
-        # only sites that are sampled (fixed numbers in the config are constants)
-        sampled = {
-            "g1": gal.shear.g1,
-            "g2": gal.shear.g2,
-            "flux": gal.flux,
-            "hlr": gal.half_light_radius,
-            "e1": gal.ellipticity.e1 if gal.ellipticity is not None else 0.0,
-            "e2": gal.ellipticity.e2 if gal.ellipticity is not None else 0.0,
-            "dx": getattr(gal.position, "dx", 0.0) if gal.position is not None else 0.0,
-            "dy": getattr(gal.position, "dy", 0.0) if gal.position is not None else 0.0,
-        }
-        return {k: v for k, v in init.items() if not isinstance(sampled[k], int | float)}
-
-    def _run_map(
-        self, cfg: Any, eset: Any, tiers: tuple[int, ...], num_steps: int, lr: float
-    ) -> tuple[dict[str, NDArray[Any]], FloatArray, FloatArray, FloatArray, float]:
-        fn = self._map_fn(cfg, eset, tiers, num_steps)
-        jeset = self._to_jax(eset)
-        final, losses, g1s, g2s, last = fn(jeset, self._init_values(cfg, eset), lr)
-        point = {k: np.asarray(v) for k, v in final.items()}
-        return (
-            point,
-            np.asarray(losses, dtype=np.float64),
-            np.asarray(g1s, dtype=np.float64),
-            np.asarray(g2s, dtype=np.float64),
-            float(last),
-        )
+    def fit_map(self, cfg: Any, data: SubTileData, settings: MapSettings) -> MapFit:
+        """A MAP fit with the configured renderer (``science.backend.shine.renderer``)."""
+        model = self.dense if self.science.backend.shine.renderer == "dense" else self.sparse
+        return model.fit(cfg, data, settings)
 
     # ------------------------------------------------------------------ run
 
@@ -472,26 +243,23 @@ class ShineBackend:
         }
         convergence: float | None = None
         convergence_kind: str | None = None
+        converged: bool | None = None
+        n_steps: int | None = None
         if method == "map":
             map_cfg = cfg.inference.map_config
             steps = int(map_cfg.num_steps) if map_cfg is not None else 1000
             lr = float(map_cfg.learning_rate) if map_cfg is not None else 1e-2
-            eset, slot_of, tiers = self._exposure_set(data, n_tiers, pad_sources=True)
-            point, losses, g1s, g2s, last = self._run_map(cfg, eset, tiers, steps, lr)
-            posterior = {k: v[None, None, ...] for k, v in point.items()}
-            summary = summarize_posterior(posterior, data.object_ids, slot_of, with_errors=False)
-            convergence = shear_drift(g1s, g2s)
+            fit = self.fit_map(cfg, data, self._map_settings(steps, lr))
+            posterior = {k: v[None, None, ...] for k, v in fit.point.items()}
+            summary = summarize_posterior(
+                posterior, data.object_ids, fit.slot_of, with_errors=False
+            )
+            convergence = fit.drift
             convergence_kind = "map_shear_drift"
-            extras["map_final_loss"] = last
-            if losses.size > 1:
-                k = max(1, round(losses.size * 0.1))
-                extras["map_loss_rel_change"] = float(
-                    (losses[-1 - k] - losses[-1]) / max(abs(losses[-1]), 1e-30)
-                )
-            for t, count in enumerate(tiers):
-                extras[f"tier{t}_slots"] = float(count)
-            extras["image_ny"] = float(eset.image_ny)
-            extras["image_nx"] = float(eset.image_nx)
+            converged, n_steps = fit.converged, fit.n_steps
+            if fit.final_loss is not None:
+                extras["map_final_loss"] = fit.final_loss
+            extras.update(fit.extras)
         elif method in ("vi", "nuts"):
             summary, convergence, convergence_kind = self._run_sampler(
                 cfg, data, n_tiers, method, extras
@@ -514,6 +282,8 @@ class ShineBackend:
             sources=summary.sources,
             convergence=convergence,
             convergence_kind=convergence_kind,
+            converged=converged,
+            n_steps=n_steps,
             n_exposures=len(data.exposures),
             t_load_s=t_load,
             t_infer_s=t_infer,
@@ -526,8 +296,8 @@ class ShineBackend:
         import jax
         from shine.inference import Inference
 
-        eset, slot_of, _ = self._exposure_set(data, n_tiers, pad_sources=False)
-        jeset = self._to_jax(eset)
+        eset, slot_of, _ = dense_exposure_set(self._euclid, data, n_tiers, pad=False)
+        jeset = to_jax(eset)
         model = self._euclid.MultiExposureScene(cfg, jeset).build_model()
         inference = Inference(model, cfg.inference)
         key = jax.random.PRNGKey(int(cfg.inference.rng_seed))
@@ -538,19 +308,28 @@ class ShineBackend:
             summary = summarize_posterior(posterior, data.object_ids, slot_of, with_errors=True)
             return summary, (float(loss) if loss is not None else None), "vi_final_loss"
         nuts = cfg.inference.nuts_config
-        init = None
+        init: dict[str, Any]
         if nuts is not None and nuts.map_init is not None and nuts.map_init.enabled:
             # SHINE's own MAP start ignores the catalog; start from ours instead
-            peset, pslot, ptiers = self._exposure_set(data, n_tiers, pad_sources=True)
-            point, _, _, _, _ = self._run_map(
-                cfg, peset, ptiers, int(nuts.map_init.num_steps), float(nuts.map_init.learning_rate)
+            settings = dataclasses.replace(
+                self._map_settings(
+                    int(nuts.map_init.num_steps), float(nuts.map_init.learning_rate)
+                ),
+                fixed_steps=True,
             )
-            init = {
-                k: (v[..., pslot] if np.ndim(v) >= 1 and v.shape[-1] == peset.n_sources else v)
-                for k, v in point.items()
-            }
+            fit = self.fit_map(cfg, data, settings)
+            # from the fit's slots to the scene's (same sources, another layout)
+            start = init_values(cfg, eset.n_sources, eset.catalog_flux_adu, eset.catalog_hlr_arcsec)
+            init = {}
+            for k, v in fit.point.items():
+                if np.ndim(v) >= 1:
+                    full = np.asarray(start[k]).copy()
+                    full[slot_of] = np.asarray(v)[..., fit.slot_of]
+                    init[k] = full
+                else:
+                    init[k] = np.asarray(v)
         else:
-            init = {k: np.asarray(v) for k, v in self._init_values(cfg, eset).items()}
+            init = init_values(cfg, eset.n_sources, eset.catalog_flux_adu, eset.catalog_hlr_arcsec)
         idata = inference.run_mcmc(key, jeset.images, init_params=init)
         posterior = _posterior_arrays(idata)
         summary = summarize_posterior(posterior, data.object_ids, slot_of, with_errors=True)
