@@ -110,23 +110,24 @@ INPUTS = [
     ),
     Input(
         "exposures_per_source",
-        2.75,
-        "measured: benchmarks/shine_cost.py, visible (source, exposure) pairs / sources"
-        " of a default sub-tile seen by 40 quadrant exposures",
+        3.51,
+        "measured: benchmarks/shine_cost.py (survey_shapes), (source, exposure) pairs seen /"
+        " sources over 200 sub-tiles of the survey plan with synthetic source positions",
     ),
     Input(
         "rendered_per_visible",
-        1.045,
-        "measured: benchmarks/shine_cost.py, rendered stamps / visible pairs (bucket padding)",
+        1.153,
+        "measured: the same, rendered stamps / pairs seen (slot and batch padding of the"
+        " default layout: windows packed on 1024 px canvases)",
     ),
     Input(
         "window_mpx",
-        0.0060,
-        "measured: benchmarks/shine_cost.py, mean pixels of a (bucketed) stamp window, Mpx",
+        1.045,
+        "measured: the same, mean pixels of the image (canvas) a stamp is drawn into, Mpx",
     ),
     Input(
         "map_evaluations",
-        330,
+        138,
         "measured: benchmarks/shine_cost.py, L-BFGS loss evaluations to convergence"
         " (CPU, 16 sources; assumption: the same at survey size)",
     ),
