@@ -20,7 +20,7 @@ from constellation.commands.catalog import assemble, report, validate
 from constellation.commands.index import index
 from constellation.commands.infer import infer
 from constellation.commands.prepare import plan, prepare
-from constellation.commands.run import demo, run
+from constellation.commands.run import demo, reprocess, run
 from constellation.commands.simulate import simulate
 from constellation.commands.stage import stage
 from constellation.config import CONFIG_ENV_VAR, ConfigError
@@ -61,6 +61,7 @@ app.command("assemble")(assemble)
 app.command("validate")(validate)
 app.command("report")(report)
 app.command("run")(run)
+app.command("reprocess")(reprocess)
 app.command("demo")(demo)
 
 

@@ -45,6 +45,7 @@ from constellation.stages.infer import (
     InferOutcome,
     OutcomeSummary,
     SubTileFailedError,
+    already_done,
     classify,
     infer_subtile,
 )
@@ -168,6 +169,25 @@ def _cancel(pending: list[Any]) -> None:
             logging.getLogger(__name__).debug("cancel: %s", exc)
 
 
+def _not_done(payload: str, urls: list[str], summary: OutcomeSummary) -> list[str]:
+    """The manifests whose sub-tile still needs a run; the others are added to
+    ``summary`` as ``done``. A manifest that cannot be read here is left to the task
+    (which reports it as the run's outcome)."""
+    settings = settings_from_json(payload)
+    storage = storage_for(payload)
+    todo = []
+    for url in urls:
+        try:
+            done = already_done(url, storage, settings.science.backend.name, settings.config_hash)
+        except (OSError, ValueError):
+            done = None
+        if done is None:
+            todo.append(url)
+        else:
+            summary.add_outcome(done)
+    return todo
+
+
 def _record(summary: OutcomeSummary, nodes: Counter[str], fut: Any) -> str:
     """Add one finished future to the summary; return its status."""
     fut.wait()  # the object is ready: this records the final state returned by Ray
@@ -198,6 +218,14 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
     urls = tile_manifests(payload, tiles)
     runner = infer_subtile_task.with_options(retries=settings.runtime.task_retries)
     summary = OutcomeSummary()
+    # sub-tiles whose final result is written are counted here, not sent to Ray (two
+    # small reads each, against a task's scheduling and worker round trip)
+    todo = urls if force else _not_done(payload, urls, summary)
+    if len(todo) < len(urls):
+        progress(
+            f"infer: {len(urls) - len(todo)} of {len(urls)} sub-tiles of {len(tiles)} tile(s) "
+            "already done (not dispatched)"
+        )
     nodes: Counter[str] = Counter()
     pending: list[Any] = []
     unavailable = False
@@ -227,7 +255,7 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
                 max_calls=0,
             ),
         ):
-            for url in urls:
+            for url in todo:
                 while len(pending) >= settings.runtime.max_in_flight:
                     collect(_wait_any(pending, check))
                 if unavailable:
@@ -253,6 +281,7 @@ def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False
 
     return {
         "subtiles": len(urls),
+        "dispatched": len(todo),
         "nodes": dict(nodes),
         "flow_run_id": str(flow_run.id),
         **summary.to_dict(),
@@ -303,7 +332,7 @@ def run_inference(
     summary = OutcomeSummary()
     nodes: Counter[str] = Counter()
     batch_runs: list[str] = []
-    n = 0
+    n = dispatched = 0
     t0 = time.perf_counter()
     with ray_session(settings, prefect_api_url()):
         if check and batches:
@@ -319,6 +348,7 @@ def run_inference(
             )
             out = sub(payload, batch, run_id, force)
             n += out["subtiles"]
+            dispatched += out["dispatched"]
             summary.merge(OutcomeSummary.from_dict(out))
             nodes.update(out["nodes"])
             batch_runs.append(out["flow_run_id"])
@@ -333,6 +363,7 @@ def run_inference(
         "run_id": run_id,
         "tiles": len(chosen),
         "subtiles": n,
+        "dispatched": dispatched,  # sent to Ray (the others were already done)
         **summary.to_dict(),
         "nodes": dict(nodes),
         "batch_flow_runs": batch_runs,

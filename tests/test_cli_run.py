@@ -134,3 +134,50 @@ def test_sigterm_stops_a_run_and_the_rerun_completes(
     assert (report.present, report.n_ok, report.duplicate_subtiles) == (16, 16, 0)
     assert report.duplicate_sources == 0
     assert open_catalog(settings).count("subtiles") == 16
+
+
+def test_an_ad_hoc_tile_with_backend_and_cpu_options(
+    prefect_api: str, prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    """The default configuration (SHINE on a GPU) overridden on the command line: one
+    prepared tile with the mock backend on the CPU; the rerun dispatches nothing."""
+    from constellation.io.storage import Storage
+    from constellation.manifest import layout
+    from constellation.results.store import read_marker
+
+    work = prepared_field.copy_work(tmp_path / "work")
+    config = _config(tmp_path / "config.yaml", prepared_field, work)
+    tile = prepared_field.tile_ids[0]
+    cmd = [sys.executable, "-m", "constellation", "-c", str(config), "run", "--tile", str(tile),
+           "--backend", "mock", "--cpu", "--no-report"]  # fmt: skip
+    first = subprocess.run(
+        cmd, env=_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    markers = [
+        read_marker(Storage(), layout.subtile_dir(str(work), tile, r, c))
+        for r in range(4)
+        for c in range(4)
+    ]
+    assert {m.backend for m in markers if m is not None} == {"mock"}
+    assert sum(m is not None for m in markers) == 16
+    again = subprocess.run(
+        cmd, env=_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "16 of 16 sub-tiles of 1 tile(s) already done (not dispatched)" in again.stderr
+    # nothing changed since: reprocess redoes nothing
+    redo = subprocess.run(
+        [*cmd[:5], "reprocess", "--tile", str(tile), "--backend", "mock", "--cpu"],
+        env=_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    assert "0 of 1 tiles changed" in redo.stdout
+    assert "nothing to redo" in redo.stdout
+    # the unknown backend is refused before anything starts
+    bad = subprocess.run(
+        [*cmd[:-4], "--backend", "gpu"], env=_env(prefect_api), cwd=tmp_path,
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    assert "unknown backend 'gpu'" in bad.stderr

@@ -339,6 +339,16 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     }
 
 
+def embedded_catalog_missing(settings: Settings) -> str | None:
+    """The path of the embedded SQLite catalog when it does not exist yet (nothing has
+    been assembled under this work root), else None; None for a configured catalog
+    (``runtime.catalog.properties``), whose existence only its server knows."""
+    if settings.runtime.catalog.properties:
+        return None
+    db = _embedded_root(settings) / "catalog.db"
+    return None if db.exists() else str(db)
+
+
 def open_catalog(settings: Settings) -> ShearCatalog:
     """The configured catalog, with the namespace and partition orders of ``settings``."""
     cfg = settings.runtime.catalog

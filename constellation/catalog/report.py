@@ -27,6 +27,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,15 @@ from constellation.io.storage import Storage, storage_from_config
 from constellation.manifest import layout
 from constellation.simulate.truth import TruthField, load_truth_field
 
-__all__ = ["LinearFit", "ReportOutput", "default_truth_uri", "make_report", "render_report"]
+__all__ = [
+    "LinearFit",
+    "NothingToReportError",
+    "ReportOutput",
+    "default_truth_uri",
+    "make_report",
+    "provenance",
+    "render_report",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +92,7 @@ class ReportOutput:
     truth_comparison: str | None = None
     numbers: dict[str, float] = field(default_factory=dict)
     fits: dict[str, LinearFit] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -111,7 +121,35 @@ def _unwrap_ra(ra: NDArray[np.float64]) -> NDArray[np.float64]:
     return centre + (ra - centre + 180.0) % 360.0 - 180.0
 
 
-def _png(fig: Figure) -> bytes:
+def provenance(subtiles: pa.Table, when: datetime | None = None) -> dict[str, str]:
+    """What made the rows of ``subtiles``: backend(s), science configuration hash(es),
+    run id(s), constellation version(s), and the date of the report (UTC)."""
+
+    def values(column: str, most: int = 3) -> str:
+        if column not in subtiles.column_names:
+            return "-"
+        found = sorted({str(v) for v in subtiles.column(column).to_pylist() if v is not None})
+        if len(found) > most:
+            return ", ".join(found[:most]) + f" (+{len(found) - most} more)"
+        return ", ".join(found) or "-"
+
+    return {
+        "backend": values("backend"),
+        "config hash": values("config_hash"),
+        "run id": values("run_id"),
+        "code version": values("code_version"),
+        "date": f"{(when or datetime.now(UTC)):%Y-%m-%d %H:%M} UTC",
+    }
+
+
+def _stamp(fig: Figure, prov: dict[str, str]) -> None:
+    """Write the provenance under a figure (so that a figure alone says what made it)."""
+    text = " | ".join(f"{k}: {v}" for k, v in prov.items())
+    fig.text(0.01, -0.01, text, fontsize=6, color="0.35", ha="left", va="top", wrap=True)
+
+
+def _png(fig: Figure, prov: dict[str, str]) -> bytes:
+    _stamp(fig, prov)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     return buf.getvalue()
@@ -209,7 +247,9 @@ def render_report(
     n_source_rows: int | None = None,
     title: str = "constellation shear catalog",
 ) -> ReportOutput:
-    """Draw the figures and write ``report.md`` for the rows of the ``subtiles`` table."""
+    """Draw the figures and write ``report.md`` for the rows of the ``subtiles`` table;
+    each names what made those rows (:func:`provenance`)."""
+    prov = provenance(subtiles)
     status = np.asarray(subtiles.column("status").to_pylist(), dtype=object)
     ra_all = _unwrap_ra(_floats(subtiles, "ra"))
     dec_all = _floats(subtiles, "dec")
@@ -246,7 +286,7 @@ def render_report(
         ax.set_ylim(float(dec_all.min()) - pad, float(dec_all.max()) + pad)
     else:
         ax.invert_xaxis()
-    storage.write_bytes(layout.join(out, SHEAR_MAP), _png(fig))
+    storage.write_bytes(layout.join(out, SHEAR_MAP), _png(fig, prov))
 
     # Coverage.
     fig = Figure(figsize=(8, 7))
@@ -261,7 +301,7 @@ def render_report(
         ax.set_ylim(float(dec_all.min()) - pad, float(dec_all.max()) + pad)
     else:
         ax.invert_xaxis()
-    storage.write_bytes(layout.join(out, COVERAGE), _png(fig))
+    storage.write_bytes(layout.join(out, COVERAGE), _png(fig, prov))
 
     # Distributions.
     finite_err = e1[np.isfinite(e1)]
@@ -283,7 +323,7 @@ def render_report(
             ax.set_xlabel(name)
             ax.set_ylabel("sub-tiles")
     fig.tight_layout()
-    storage.write_bytes(layout.join(out, HISTOGRAMS), _png(fig))
+    storage.write_bytes(layout.join(out, HISTOGRAMS), _png(fig, prov))
 
     result = ReportOutput(
         directory=out,
@@ -291,6 +331,7 @@ def render_report(
         coverage=layout.join(out, COVERAGE),
         histograms=layout.join(out, HISTOGRAMS),
         markdown=layout.join(out, MARKDOWN),
+        provenance=prov,
     )
     numbers: dict[str, float] = {
         "subtiles": float(subtiles.num_rows),
@@ -333,7 +374,11 @@ def render_report(
             numbers[f"{name}_rms_residual"] = fit.rms
         fig.tight_layout()
         result.truth_comparison = layout.join(out, TRUTH)
-        storage.write_bytes(result.truth_comparison, _png(fig))
+        storage.write_bytes(result.truth_comparison, _png(fig, prov))
+    elif storage.exists(layout.join(out, TRUTH)):
+        # an earlier report's truth comparison must not sit beside figures it does not
+        # describe
+        storage.rm(layout.join(out, TRUTH), missing_ok=True)
     result.numbers = numbers
     storage.write_bytes(result.markdown, _markdown(result, title).encode("utf-8"))
     return result
@@ -351,6 +396,10 @@ def _markdown(result: ReportOutput, title: str) -> str:
     n = result.numbers
     lines = [
         f"# {title}",
+        "",
+        "| made by | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in result.provenance.items()),
         "",
         "| quantity | value |",
         "|---|---|",
@@ -378,6 +427,10 @@ def _markdown(result: ReportOutput, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+class NothingToReportError(ValueError):
+    """The catalog has no rows for the request: no report is written."""
+
+
 def make_report(
     settings: Settings,
     *,
@@ -397,6 +450,11 @@ def make_report(
         subtiles = cat.read(SUBTILES, tiles=tile_list)
     else:
         subtiles = cat.arrow_schema(SUBTILES).empty_table()
+    if subtiles.num_rows == 0:  # never replace a report with an empty one
+        which = "" if tile_list is None else f" for tile(s) {', '.join(map(str, tile_list))}"
+        raise NothingToReportError(
+            f"the catalog has no sub-tile rows{which}: run 'constellation assemble' first"
+        )
     n_sources = cat.count(SOURCES) if tile_list is None and cat.exists(SOURCES) else None
     uri = truth_uri or default_truth_uri(settings)
     truth: TruthField | None

@@ -305,10 +305,12 @@ def validate_catalog(
     expect_backend: str | None = None,
     expect_config_hash: str | None = None,
     allow_unconverged: bool = False,
+    allow_mixed: bool = True,
 ) -> ValidationReport:
     """Run every check on ``catalog`` (restricted to ``tiles`` when given); with
     ``expect_backend`` / ``expect_config_hash``, rows of other backends or science
-    configurations are violations."""
+    configurations are violations; without ``allow_mixed``, so are rows of more than one
+    backend or science configuration."""
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     sub = catalog.read(SUBTILES, tiles=tile_list) if catalog.exists(SUBTILES) else None
     if sub is None:
@@ -375,6 +377,28 @@ def validate_catalog(
                     tuple(f"{_fmt_key(k)}: {v}" for k, v in other[:_EXAMPLES]),
                 )
             )
+
+    # One catalog, one maker: rows of several backends or configurations (say, mock
+    # shears beside SHINE's) are a violation unless accepted.
+    if not allow_mixed:
+        for column in ("backend", "config_hash"):
+            values = sub.column(column).to_pylist()
+            seen = sorted({str(v) for v in values})
+            if len(seen) > 1:
+                count = {v: values.count(v) for v in seen}
+                violations.append(
+                    Violation(
+                        "mixed",
+                        len(seen),
+                        f"rows of {len(seen)} {column} values: "
+                        + ", ".join(f"{v} ({count[v]} sub-tiles)" for v in seen),
+                        tuple(
+                            f"{_fmt_key(int(k))}: {v}"
+                            for k, v in zip(keys.tolist(), values, strict=True)
+                            if v != seen[0]
+                        )[:_EXAMPLES],
+                    )
+                )
 
     # Fits that did not converge (null where not applicable, e.g. older rows).
     converged = sub.column("converged").to_pylist() if "converged" in sub.column_names else []
@@ -548,9 +572,10 @@ def validate(
     expect_backend: str | None = None,
     expect_config_hash: str | None = None,
     allow_unconverged: bool = False,
+    allow_mixed: bool = True,
 ) -> ValidationReport:
     """Validate the configured catalog against the prepared sub-tiles under the work root
-    (see :func:`validate_catalog` for the ``expect_*`` checks)."""
+    (see :func:`validate_catalog` for the ``expect_*`` and ``allow_mixed`` checks)."""
     store = storage or storage_from_config(settings.runtime.storage)
     tile_list = None if tiles is None else sorted({int(t) for t in tiles})
     tiling = settings.science.tiling
@@ -568,4 +593,5 @@ def validate(
         expect_backend=expect_backend,
         expect_config_hash=expect_config_hash,
         allow_unconverged=allow_unconverged,
+        allow_mixed=allow_mixed,
     )

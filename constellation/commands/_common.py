@@ -15,7 +15,17 @@ from constellation.config import Settings, load_config
 if TYPE_CHECKING:
     from constellation.io.storage import Storage
 
-__all__ = ["EXIT_CONFIG_ERROR", "EXIT_FAILURE", "CliState", "fail", "get_state", "tile_manifests"]
+__all__ = [
+    "EXIT_CONFIG_ERROR",
+    "EXIT_FAILURE",
+    "CliState",
+    "existing_catalog",
+    "fail",
+    "get_state",
+    "requested_tiles",
+    "tile_manifests",
+    "work_root",
+]
 
 EXIT_FAILURE = 1
 """Exit code of a command that failed."""
@@ -59,6 +69,63 @@ def tile_manifests(settings: Settings, storage: Storage, tiles: Iterable[int]) -
             fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
         urls.extend(found)
     return urls
+
+
+def work_root(settings: Settings, storage: Storage) -> str:
+    """The work root (``runtime.storage.work_uri``), or a clean exit when it does not
+    exist: nothing is created there."""
+    work = settings.runtime.storage.work_uri
+    if not storage.exists(work):
+        fail(
+            f"work root {work} does not exist: check runtime.storage.work_uri (or -c CONFIG), "
+            "or make it with 'constellation tiles resolve' / 'constellation demo'"
+        )
+    return work
+
+
+def requested_tiles(
+    settings: Settings, storage: Storage, tile: list[int] | None
+) -> list[int] | None:
+    """The tiles a command was asked for (``--tile``, else ``runtime.tiles``, else None:
+    all), after checking that the work root exists and that each tile is in its tile
+    registry (without a registry: that the tile has a folder of prepared or inferred
+    data); a clean exit naming what is missing otherwise."""
+    from constellation.io.registry import read_work_registry
+    from constellation.manifest import layout
+
+    work = work_root(settings, storage)
+    tiles = sorted(set(tile or settings.runtime.tiles)) or None
+    if tiles:
+        try:
+            registry = read_work_registry(storage, work)
+        except FileNotFoundError:
+            unknown = [t for t in tiles if not storage.exists(layout.tile_dir(work, t))]
+            if unknown:
+                fail(
+                    f"tile(s) {', '.join(map(str, unknown))}: no data under {work} and no "
+                    "tile registry there: check the id, or run 'constellation tiles resolve' "
+                    "and 'constellation prepare'"
+                )
+            return tiles
+        unknown = [t for t in tiles if t not in registry]
+        if unknown:
+            fail(
+                f"tile(s) {', '.join(map(str, unknown))} not in the tile registry "
+                f"{layout.registry_url(work)} ({len(registry)} tiles): check the id or run "
+                "'constellation tiles resolve'"
+            )
+    return tiles
+
+
+def existing_catalog(settings: Settings, storage: Storage) -> None:
+    """A clean exit when the work root or its embedded catalog does not exist (so that
+    reading commands never create an empty catalog)."""
+    from constellation.catalog.iceberg import embedded_catalog_missing
+
+    work_root(settings, storage)
+    missing = embedded_catalog_missing(settings)
+    if missing:
+        fail(f"no catalog at {missing}: run 'constellation assemble' first")
 
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:

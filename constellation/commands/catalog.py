@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from constellation.commands._common import fail, get_state
+from constellation.commands._common import existing_catalog, fail, get_state, requested_tiles
 
 TileOption = Annotated[
     list[int] | None,
@@ -16,14 +16,6 @@ TileOption = Annotated[
         "--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else every tile."
     ),
 ]
-
-
-def _tiles(tile: list[int] | None, configured: list[int]) -> list[int] | None:
-    if tile:
-        return sorted(set(tile))
-    if configured:
-        return sorted(set(configured))
-    return None
 
 
 def assemble(
@@ -46,8 +38,10 @@ def assemble(
 ) -> None:
     """Commit the sub-tile results not yet in the catalog (batched, idempotent)."""
     from constellation.catalog.assemble import assemble as run_assemble
+    from constellation.io.storage import storage_from_config
 
     settings = get_state(ctx).settings
+    tiles = requested_tiles(settings, storage_from_config(settings.runtime.storage), tile)
     with Progress(
         TextColumn("[bold]assemble"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
@@ -59,7 +53,7 @@ def assemble(
 
         report = run_assemble(
             settings,
-            tiles=_tiles(tile, settings.runtime.tiles),
+            tiles=tiles,
             batch_size=batch_size,
             run_id=run_id,
             only_config=not any_config,
@@ -68,7 +62,7 @@ def assemble(
         )
     typer.echo(report.summary())
     if report.found == 0:
-        typer.echo("no results found: run 'constellation infer' first")
+        fail("no sub-tile results found: run 'constellation infer' first")
     if report.unreadable:
         fail(f"{report.unreadable} results could not be read: {report.unreadable_dirs[:5]}")
 
@@ -91,21 +85,32 @@ def validate(
             "violations.",
         ),
     ] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed",
+            help="Rows of several backends or science configurations are reported, not violations.",
+        ),
+    ] = False,
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Also write the Markdown report here.")
     ] = None,
 ) -> None:
-    """Check the catalog: missing and failed sub-tiles, NaN/inf, |g| >= 1, duplicates."""
+    """Check the catalog: missing and failed sub-tiles, NaN/inf, |g| >= 1, duplicates,
+    rows of several backends or configurations."""
     from constellation.catalog.validate import validate as run_validate
     from constellation.io.storage import storage_from_config
 
     settings = get_state(ctx).settings
     storage = storage_from_config(settings.runtime.storage)
+    tiles = requested_tiles(settings, storage, tile)
+    existing_catalog(settings, storage)
     report = run_validate(
         settings,
-        tiles=_tiles(tile, settings.runtime.tiles),
+        tiles=tiles,
         allow_failed=allow_failed,
         allow_unconverged=allow_unconverged,
+        allow_mixed=allow_mixed,
         storage=storage,
     )
     text = report.to_markdown()
@@ -129,12 +134,18 @@ def report(
     ] = None,
 ) -> None:
     """Draw the shear whisker map, coverage, distributions (and truth comparison)."""
-    from constellation.catalog.report import make_report
+    from constellation.catalog.report import NothingToReportError, make_report
+    from constellation.io.storage import storage_from_config
 
     settings = get_state(ctx).settings
-    result = make_report(
-        settings, out=out, truth_uri=truth, tiles=_tiles(tile, settings.runtime.tiles)
-    )
+    storage = storage_from_config(settings.runtime.storage)
+    tiles = requested_tiles(settings, storage, tile)
+    existing_catalog(settings, storage)
+    try:
+        result = make_report(settings, out=out, truth_uri=truth, tiles=tiles, storage=storage)
+    except NothingToReportError as exc:
+        fail(str(exc))
+    typer.echo("made by: " + "; ".join(f"{k} {v}" for k, v in result.provenance.items()))
     typer.echo(f"shear map: {result.shear_map}")
     for path in result.figures[1:]:
         typer.echo(f"figure: {path}")

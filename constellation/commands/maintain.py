@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state
+from constellation.commands._common import EXIT_CONFIG_ERROR, existing_catalog, fail, get_state
 
 if TYPE_CHECKING:
     from constellation.catalog.iceberg import ShearCatalog
@@ -36,12 +36,15 @@ DryRunOption = Annotated[
 def _open(ctx: typer.Context, table: list[str] | None) -> tuple[ShearCatalog, tuple[str, ...]]:
     from constellation.catalog.iceberg import open_catalog
     from constellation.catalog.maintenance import parse_tables
+    from constellation.io.storage import storage_from_config
 
     try:
         tables = parse_tables(table)
     except ValueError as exc:
         fail(str(exc), EXIT_CONFIG_ERROR)
-    return open_catalog(get_state(ctx).settings), tables
+    settings = get_state(ctx).settings
+    existing_catalog(settings, storage_from_config(settings.runtime.storage))
+    return open_catalog(settings), tables
 
 
 @app.command("status")
@@ -156,3 +159,55 @@ def expire(
             typer.echo(found.summary())
         if not dry_run:
             typer.echo(f"after   {table_stats(catalog, name).line()}")
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    out: Annotated[str, typer.Argument(help="Parquet file to write (any storage URL).")],
+    table: Annotated[
+        str, typer.Option("--table", help="Table to export: sources or subtiles.")
+    ] = "sources",
+    tile: Annotated[
+        list[int] | None,
+        typer.Option("--tile", "-t", help="Only these tiles (repeatable). Default: all."),
+    ] = None,
+    column: Annotated[
+        list[str] | None,
+        typer.Option("--column", help="Only these columns (repeatable). Default: all."),
+    ] = None,
+) -> None:
+    """Write the current rows of a table to one Parquet file, read through pyiceberg (the
+    table's live data files only), for DuckDB, Polars or pandas (docs/catalog.md)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    from constellation.catalog.iceberg import open_catalog
+    from constellation.catalog.maintenance import parse_tables
+    from constellation.commands._common import requested_tiles
+    from constellation.io.storage import storage_from_config
+
+    try:
+        (name,) = parse_tables([table])
+    except ValueError as exc:
+        fail(str(exc), EXIT_CONFIG_ERROR)
+    settings = get_state(ctx).settings
+    storage = storage_from_config(settings.runtime.storage)
+    tiles = requested_tiles(settings, storage, tile)
+    existing_catalog(settings, storage)
+    catalog = open_catalog(settings)
+    if not catalog.exists(name):
+        fail(f"the catalog has no {name} table yet: run 'constellation assemble' first")
+    known = catalog.arrow_schema(name).names
+    unknown = [c for c in column or () if c not in known]
+    if unknown:
+        fail(
+            f"unknown column(s) {', '.join(unknown)} of {name}: one of {', '.join(known)}",
+            EXIT_CONFIG_ERROR,
+        )
+    rows = catalog.read(name, column, tiles=tiles)
+    buf = io.BytesIO()
+    pq.write_table(rows, buf)
+    storage.write_bytes(out, buf.getvalue())
+    typer.echo(f"wrote {rows.num_rows} rows ({rows.num_columns} columns) of {name} to {out}")

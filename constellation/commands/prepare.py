@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from constellation.commands._common import fail, get_state
+from constellation.commands._common import fail, get_state, work_root
 
 if TYPE_CHECKING:
     from constellation.config import Settings
@@ -26,6 +26,7 @@ TileOption = Annotated[
 def _registry(storage: Storage, settings: Settings) -> TileRegistry:
     from constellation.io.registry import read_work_registry
 
+    work_root(settings, storage)
     try:
         return read_work_registry(storage, settings.runtime.storage.work_uri)
     except FileNotFoundError as exc:
@@ -61,14 +62,18 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     OBJECT_IDs, ...) is reported on one line and skipped; the other tiles are prepared
     and the exit code is 1."""
     from constellation.io.storage import storage_from_config
+    from constellation.manifest import layout
     from constellation.stages.prepare import plan as plan_stage
     from constellation.stages.prepare import run_one
 
     settings = get_state(ctx).settings
     storage = storage_from_config(settings.runtime.storage)
     registry = _registry(storage, settings)
-    ids = _tile_ids(tile, settings, registry)
-    items = plan_stage(settings, registry, _known_tiles(ids, registry, settings))
+    ids = _known_tiles(_tile_ids(tile, settings, registry), registry, settings)
+    index = layout.quadrant_index_url(settings.runtime.storage.work_uri)
+    if not storage.exists(index):
+        fail(f"no quadrant index at {index}: run 'constellation index' first")
+    items = plan_stage(settings, registry, ids)
     results = []
     failed: list[int] = []
     with Progress(
@@ -117,7 +122,7 @@ def plan(
     work = settings.runtime.storage.work_uri
     rows = []
     unreadable = 0
-    for tid in _tile_ids(tile, settings, registry):
+    for tid in _known_tiles(_tile_ids(tile, settings, registry), registry, settings):
         for r in range(grid.n_rows):
             for c in range(grid.n_cols):
                 url = layout.manifest_url(work, tid, r, c)
@@ -138,7 +143,7 @@ def plan(
         for row in rows:
             typer.echo(json.dumps(row, sort_keys=True))
     elif not rows and not unreadable:
-        fail("no manifests found: run 'constellation prepare' first")
+        fail(f"no manifests under {work}: run 'constellation prepare' first")
     else:
         table = Table("tile", "row", "col", "core", "extended", "exposures", "quadrants")
         for row in rows:

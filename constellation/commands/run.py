@@ -13,9 +13,11 @@ preflight found that the sub-tiles cannot run here; 128 + N when stopped by sign
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +25,7 @@ import typer
 
 from constellation.commands._common import EXIT_CONFIG_ERROR, EXIT_FAILURE, fail, get_state
 
-__all__ = ["demo", "run", "run_pipeline_flow"]
+__all__ = ["demo", "reprocess", "run", "run_pipeline_flow"]
 
 AllowUnconvergedOption = Annotated[
     bool,
@@ -32,6 +34,26 @@ AllowUnconvergedOption = Annotated[
         help="Accept fits that did not converge within their step budget (they stay marked "
         "converged = false in the catalog).",
     ),
+]
+BackendOption = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        "-b",
+        help="Inference backend for this run: shine or mock (default: science.backend.name).",
+    ),
+]
+CpuOption = Annotated[
+    bool,
+    typer.Option(
+        "--cpu",
+        help="Ask Ray for no GPU per sub-tile (runtime.ray.num_gpus_per_task: 0): SHINE "
+        "runs on the CPU, the mock backend needs none.",
+    ),
+]
+TilesOption = Annotated[
+    list[int] | None,
+    typer.Option("--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else all."),
 ]
 AllowFailuresOption = Annotated[
     bool,
@@ -52,6 +74,35 @@ def _prefect_env(verbosity: int = 0) -> None:
     # their tracebacks) only with -v. The Prefect API still receives every log.
     level = {0: "CRITICAL", 1: "INFO"}.get(verbosity, "DEBUG")
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
+
+
+def _overrides(backend: str | None, cpu: bool) -> dict[str, str]:
+    """``--backend`` and ``--cpu`` as configuration overrides: environment variables,
+    so that they reach the flow, which loads its settings itself, and everything
+    derived from them (the configuration hash stamped on the results included)."""
+    if backend is not None and backend not in ("shine", "mock"):
+        fail(f"unknown backend {backend!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
+    overrides = {}
+    if backend is not None:
+        overrides["CONSTELLATION_SCIENCE__BACKEND__NAME"] = backend
+    if cpu:
+        overrides["CONSTELLATION_RUNTIME__RAY__NUM_GPUS_PER_TASK"] = "0"
+    return overrides
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of the block, then restore them."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _echo_err(message: str) -> None:
@@ -140,34 +191,90 @@ def run_pipeline_flow(
 
 def run(
     ctx: typer.Context,
-    tile: Annotated[
-        list[int] | None,
-        typer.Option(
-            "--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else all."
-        ),
-    ] = None,
+    tile: TilesOption = None,
     run_id: Annotated[str | None, typer.Option("--run-id", help="Run id for the results.")] = None,
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Draw the QA figures at the end.")
     ] = True,
     allow_failures: AllowFailuresOption = False,
     allow_unconverged: AllowUnconvergedOption = False,
+    backend: BackendOption = None,
+    cpu: CpuOption = False,
 ) -> None:
     """Run the whole pipeline (preflight, index, prepare, infer on Ray, assemble,
     validate) as a Prefect flow. Without PREFECT_API_URL, Prefect starts a temporary
     server. Exits non-zero when a sub-tile failed (see --allow-failures)."""
+    overrides = _overrides(backend, cpu)
     state = get_state(ctx)
-    state.settings  # noqa: B018  (validate the configuration before starting anything)
-    config = str(state.config_path) if state.config_path else None
-    run_pipeline_flow(
-        config,
-        tiles=tile,
-        run_id=run_id,
-        report=report,
-        allow_failures=allow_failures,
-        allow_unconverged=allow_unconverged,
-        verbosity=state.verbosity,
+    with _environment(overrides):
+        if overrides:
+            state.__dict__.pop("settings", None)  # load again, with the overrides
+        state.settings  # noqa: B018  (validate the configuration before starting anything)
+        config = str(state.config_path) if state.config_path else None
+        run_pipeline_flow(
+            config,
+            tiles=tile,
+            run_id=run_id,
+            report=report,
+            allow_failures=allow_failures,
+            allow_unconverged=allow_unconverged,
+            verbosity=state.verbosity,
+        )
+
+
+def reprocess(
+    ctx: typer.Context,
+    tile: TilesOption = None,
+    run_id: Annotated[str | None, typer.Option("--run-id", help="Run id for the results.")] = None,
+    backend: BackendOption = None,
+    cpu: CpuOption = False,
+) -> None:
+    """Redo only what changed since the last run of the field: tiles whose quadrant
+    exposures, MER catalogs (their own or a neighbour's) or science configuration
+    changed are prepared, inferred and assembled again (the reprocess flow, here)."""
+    from constellation.inference import BackendUnavailableError
+    from flows.common import set_progress_reporter
+    from flows.preflight import PreflightError
+
+    state = get_state(ctx)
+    with _environment(_overrides(backend, cpu)):
+        state.__dict__.pop("settings", None)
+        state.settings  # noqa: B018  (validate the configuration before starting anything)
+        _prefect_env(state.verbosity)
+        from flows.reprocess import reprocess_field
+
+        set_progress_reporter(_echo_err)
+        try:
+            out = reprocess_field(
+                config=str(state.config_path) if state.config_path else None,
+                tiles=tile,
+                run_id=run_id,
+            )
+        except PreflightError as exc:
+            for line in exc.lines():
+                typer.secho(line, fg=typer.colors.RED, err=True)
+            raise typer.Exit(EXIT_CONFIG_ERROR) from None
+        except BackendUnavailableError as exc:
+            fail(str(exc))
+        finally:
+            set_progress_reporter(None)
+    affected = out["affected"]
+    typer.echo(
+        f"reprocess {out['run_id']}: {len(affected)} of {out['field_tiles']} tiles changed "
+        f"(quadrant exposures: {len(out['tiles_by_exposures'])}, catalogs: "
+        f"{len(out['tiles_by_catalogs'])}, configuration or new: {len(out['tiles_by_config'])}; "
+        f"{out['changed_index_rows']} quadrant-index rows changed)"
     )
+    if not affected:
+        typer.echo("nothing to redo")
+        return
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(out["infer"]["counts"].items()))
+    typer.echo(f"redone tiles: {', '.join(map(str, affected))}; sub-tiles: {counts}")
+    typer.echo(out["validate"]["summary"])
+    if out["infer"]["counts"].get("failed", 0):
+        fail(f"{out['infer']['counts']['failed']} sub-tile(s) failed")
+    if not out["validate"]["ok"]:
+        raise typer.Exit(EXIT_FAILURE)
 
 
 _DEMO_CONFIG = """\

@@ -53,6 +53,9 @@ def simulate(
         Path | None,
         typer.Option("--spec", help="YAML file with a full FieldSpec (overrides the options)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite a field that exists at the root.")
+    ] = False,
 ) -> None:
     """Write a synthetic field (VIS exposures, PSF, MER mosaics and catalogs, truth)."""
     import yaml
@@ -79,6 +82,12 @@ def simulate(
         fail(f"invalid field specification{where}: {problem}", EXIT_CONFIG_ERROR)
     root = out or settings.runtime.storage.data_uri
     storage = storage_from_config(settings.runtime.storage)
+    marker = f"{root.rstrip('/')}/truth/field.json"
+    if not force and storage.exists(marker):
+        fail(
+            f"a simulated field exists under {root} ({marker}): use --force to overwrite it, "
+            "or --out for another root"
+        )
     total = count_files(spec)
     with Progress(
         TextColumn("[bold]simulate"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -239,6 +239,36 @@ class OutcomeSummary:
         return out
 
 
+def _read_manifest(
+    manifest_url: str, storage: Storage, expected_config_hash: str | None
+) -> tuple[SubTileManifest, str]:
+    """The manifest and the SHA-256 of its bytes; a manifest of another configuration
+    is a ``ValueError`` when ``expected_config_hash`` is given."""
+    manifest_bytes = storage.read_bytes(manifest_url)
+    manifest = parse_manifest(manifest_bytes)
+    ident = manifest.identity
+    if expected_config_hash is not None and ident.config_hash != expected_config_hash:
+        raise ValueError(
+            f"{manifest_url}: prepared with science config {ident.config_hash}, but the "
+            f"current one is {expected_config_hash}; run 'constellation prepare' again"
+        )
+    return manifest, hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def already_done(
+    manifest_url: str, storage: Storage, backend_name: str, expected_config_hash: str | None
+) -> InferOutcome | None:
+    """The ``done`` outcome of a sub-tile whose final result :func:`infer_subtile` would
+    find (same manifest bytes, configuration and backend), else None: lets a driver
+    skip it without dispatching anything. Raises as :func:`infer_subtile` does for an
+    unreadable manifest or one of another configuration."""
+    manifest, sha = _read_manifest(manifest_url, storage, expected_config_hash)
+    ident = manifest.identity
+    if is_done(storage, subtile_dir_of(manifest_url), ident.config_hash, backend_name, sha):
+        return InferOutcome(ident.tile_id, ident.row, ident.col, "done", 0.0)
+    return None
+
+
 def subtile_dir_of(manifest_url: str) -> str:
     """The folder holding a manifest (results are written next to it)."""
     return manifest_url.rstrip("/").rsplit("/", 1)[0]
@@ -402,15 +432,8 @@ def infer_subtile(
         there is no sub-tile identity to write a ``failed`` result under.
     """
     t0 = time.perf_counter()
-    manifest_bytes = storage.read_bytes(manifest_url)
-    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
-    manifest = parse_manifest(manifest_bytes)
+    manifest, manifest_sha = _read_manifest(manifest_url, storage, expected_config_hash)
     ident = manifest.identity
-    if expected_config_hash is not None and ident.config_hash != expected_config_hash:
-        raise ValueError(
-            f"{manifest_url}: prepared with science config {ident.config_hash}, but the "
-            f"current one is {expected_config_hash}; run 'constellation prepare' again"
-        )
     folder = subtile_dir_of(manifest_url)
     if skip_done and is_done(storage, folder, ident.config_hash, backend.name, manifest_sha):
         return InferOutcome(ident.tile_id, ident.row, ident.col, "done", 0.0)

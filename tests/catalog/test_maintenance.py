@@ -16,6 +16,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -288,3 +289,24 @@ def test_compaction_against_a_concurrent_assembler(field: Field) -> None:
     assert report.commits == 1
     rows = field.catalog().read(SOURCES).sort_by(SORT)
     assert rows.equals(state["expected"])  # nothing lost, nothing duplicated
+
+
+def test_export_writes_the_live_rows_not_every_data_file(field: Field, tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    catalog = _assembled(field, again=True)  # one tile's rows replaced: old files remain
+    live = catalog.read(SOURCES).num_rows
+    out = tmp_path / "sources.parquet"
+    assert f"wrote {live} rows" in _cli(field, "export", str(out))
+    assert pq.read_table(out).num_rows == live == 32 * 20
+    # globbing the warehouse also reads the files that the replacement deleted
+    warehouse = Path(field.work) / "catalog" / "warehouse"
+    files = [p for p in warehouse.rglob("*.parquet") if "sources" in p.as_posix()]
+    assert sum(pq.read_metadata(p).num_rows for p in files) > live
+    tile = field.tiles[1].tile_id
+    small = tmp_path / "g.parquet"
+    _cli(field, "export", str(small), "--table", "subtiles", "--tile", str(tile),
+         "--column", "g1", "--column", "g2")  # fmt: skip
+    got = pq.read_table(small)
+    assert (got.num_rows, got.column_names) == (16, ["g1", "g2"])
+    assert "unknown column" in _cli(field, "export", str(small), "--column", "nope", code=2)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
 from constellation.catalog.assemble import assemble
+from constellation.catalog.iceberg import SUBTILES
 from constellation.catalog.report import _fit, _whiskers, make_report
 from constellation.cli import app
 from constellation.simulate.field import ShearField
@@ -58,6 +59,12 @@ def test_report_with_truth(field: Field) -> None:
     for name in ("shear_map.png", "coverage.png", "shear_hist.png", "shear_vs_truth.png"):
         assert f"]({name})" in md
     assert "| sub-tiles (ok / failed) | 32 (31 / 1) |" in md
+    # what made the shears, read from the rows
+    rows = field.catalog().read(SUBTILES)
+    assert out.provenance["backend"] == ",".join(sorted(set(rows.column("backend").to_pylist())))
+    assert out.provenance["config hash"] == rows.column("config_hash")[0].as_py()
+    for key in ("backend", "config hash", "run id", "code version", "date"):
+        assert f"| {key} | {out.provenance[key]} |" in md
     assert out.numbers["sources"] == 31 * 5
     # Recovered = injected + N(0, 0.004): slope 1, offset 0, chi2/N ~ 1.
     for name in ("g1", "g2"):
@@ -77,7 +84,9 @@ def test_report_without_truth_via_cli(field: Field, tmp_path: Path) -> None:
         app, ["--config", str(field.config_path), "report", "--out", str(out_dir)]
     )
     assert result.exit_code == 0, result.output
-    first = result.output.splitlines()[0]
+    made_by, first = result.output.splitlines()[:2]
+    assert made_by.startswith("made by: backend ")
+    assert "config hash" in made_by
     assert first == f"shear map: {out_dir / 'shear_map.png'}"
     assert sorted(p.name for p in out_dir.iterdir()) == [
         "coverage.png", "report.md", "shear_hist.png", "shear_map.png"

@@ -197,3 +197,18 @@ def test_a_run_never_passes_on_another_backend_or_configuration(field: Field) ->
     stale = validate(field.settings, expect_config_hash="f" * 16)
     assert [v.kind for v in stale.violations] == ["config_mismatch"]
     assert stale.violations[0].examples[0].endswith(config_hash)
+
+
+def test_a_catalog_of_two_configurations_is_flagged_unless_accepted(field: Field) -> None:
+    a, b = field.tiles
+    field.write(tiles=[a])
+    field.write(tiles=[b], config_hash="0" * 16)
+    assemble(field.settings, only_config=False)
+    assert "mixed" not in {v.kind for v in validate(field.settings).violations}  # library
+    code, out = _strict(field)
+    assert code == 1, out
+    assert f"rows of 2 config_hash values: {'0' * 16} (16 sub-tiles)" in out
+    assert f"{field.settings.config_hash} (16 sub-tiles)" in out
+    code, out = _strict(field, "--allow-mixed")
+    assert code == 0, out
+    assert "mixed" not in out

@@ -38,10 +38,16 @@ class Field:
     tiles: tuple[int, int, int]  # west to east: tiles[0] and tiles[2] are not neighbours
 
     def config(self, base: Path, *, data: Path | None = None) -> Path:
-        """A config on a fresh work root holding a copy of the registry (2x2 sub-tiles)."""
+        """A config on a fresh work root holding a copy of the registry and an empty
+        quadrant index (2x2 sub-tiles)."""
+        import pyarrow.parquet as pq
+
+        from constellation.manifest.quadrant_index import QUADRANT_INDEX_SCHEMA
+
         work = base / "work"
         work.mkdir(parents=True, exist_ok=True)
         shutil.copy(self.registry, layout.registry_url(str(work)))
+        pq.write_table(QUADRANT_INDEX_SCHEMA.empty_table(), layout.quadrant_index_url(str(work)))
         doc = {
             "science": {"backend": {"name": "mock"}, "tiling": {"n_rows": 2, "n_cols": 2}},
             "runtime": {"storage": {"data_uri": str(data or self.data), "work_uri": str(work)}},
@@ -129,6 +135,10 @@ def test_several_config_problems_on_one_line(tmp_path: Path) -> None:
         (["tiles", "show", "999"], ("tile 999 is not in the registry", "registry.parquet")),
         (["infer", "--tile", "999"], ("no manifests for tile 999",)),
         (["stage", "-d", "STAGED", "--tile", "999"], ("no manifests for tile 999",)),
+        (["plan", "--tile", "999"], ("999", "not in the tile registry")),
+        (["assemble", "--tile", "999"], ("999", "not in the tile registry")),
+        (["validate", "--tile", "999", "--strict"], ("999", "not in the tile registry")),
+        (["report", "--tile", "999"], ("999", "not in the tile registry")),
     ],
 )
 def test_tile_missing_from_the_registry(
@@ -140,6 +150,28 @@ def test_tile_missing_from_the_registry(
     error_line(res, *needles)
     assert not (tmp_path / "work" / "tiles").exists()
     assert not (tmp_path / "staged").exists()
+    assert not (tmp_path / "work" / "catalog").exists()
+    assert not (tmp_path / "work" / "report").exists()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["catalog", "status"], ["validate"], ["report"], ["assemble"], ["plan"], ["prepare"]],
+)
+def test_a_work_root_that_does_not_exist_is_named_and_not_created(
+    tmp_path: Path, command: list[str]
+) -> None:
+    work = tmp_path / "nowhere"
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"runtime:\n  storage:\n    data_uri: {tmp_path / 'data'}\n    work_uri: {work}\n",
+        encoding="utf-8",
+    )
+    res = runner.invoke(app, ["-c", str(config), *command])
+    assert res.exit_code == 1, res.output
+    assert str(work) in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not work.exists()
 
 
 # ------------------------------------------------------------------ VIS prefix and FITS files
@@ -482,3 +514,27 @@ def test_unusable_manifest_is_reported_and_nothing_is_written(
     assert res.exit_code == 1, res.output
     error_line(res, str(url), problem)
     assert _files(tmp_path) == before  # no result, no _RESULT.json, nothing staged
+
+
+def test_prepare_before_index_names_the_missing_index(field: Field, tmp_path: Path) -> None:
+    config = field.config(tmp_path)
+    Path(layout.quadrant_index_url(str(tmp_path / "work"))).unlink()
+    res = runner.invoke(app, ["-c", str(config), "prepare"])
+    error_line(res, "no quadrant index", "run 'constellation index' first", sole=True)
+    assert not (tmp_path / "work" / "tiles").exists()
+
+
+def test_a_report_without_rows_replaces_nothing(field: Field, tmp_path: Path) -> None:
+    from constellation.catalog.iceberg import open_catalog
+    from constellation.config import load_config
+
+    config = field.config(tmp_path)
+    open_catalog(load_config(config))  # an (empty) catalog exists
+    earlier = tmp_path / "work" / "report" / "report.md"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("an earlier report\n", encoding="utf-8")
+    tile = field.tiles[0]
+    res = runner.invoke(app, ["-c", str(config), "report", "--tile", str(tile)])
+    error_line(res, f"no sub-tile rows for tile(s) {tile}", "constellation assemble", sole=True)
+    assert earlier.read_text(encoding="utf-8") == "an earlier report\n"
+    assert sorted(p.name for p in earlier.parent.iterdir()) == ["report.md"]

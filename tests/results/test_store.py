@@ -40,6 +40,7 @@ def _row(**over: Any) -> dict[str, Any]:
         status="ok", error=None, t_load_s=0.1, t_infer_s=1.0, t_total_s=1.2,
         finished_at=datetime(2026, 11, 25, 12, 0, tzinfo=UTC), run_id="run-1",
         config_hash="0123456789abcdef", code_version="0.1.0", shear_convention=SHEAR_CONVENTION,
+        converged=True, n_steps=93,
     )  # fmt: skip
     row.update(over)
     return row
@@ -107,8 +108,11 @@ def test_subtile_row_round_trip_is_exact_for_awkward_values() -> None:
 
 def test_results_of_earlier_versions_are_read() -> None:
     """Before this layout: the source columns only, the sub-tile row as a base64 Arrow
-    IPC stream in the metadata."""
-    sub = pa.Table.from_pylist([_row()], schema=SUBTILE_SCHEMA)
+    IPC stream in the metadata (here with the columns of that time: no ``converged``,
+    ``n_steps``, which read back as null)."""
+    old = {k: v for k, v in _row().items() if k not in ("converged", "n_steps")}
+    old_schema = pa.schema([f for f in SUBTILE_SCHEMA if f.name in old])
+    sub = pa.Table.from_pylist([old], schema=old_schema)
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, sub.schema) as writer:
         writer.write_table(sub)
@@ -116,7 +120,7 @@ def test_results_of_earlier_versions_are_read() -> None:
     buf = pa.BufferOutputStream()
     pq.write_table(_sources(2).replace_schema_metadata(meta), buf)
     result = decode_result(buf.getvalue().to_pybytes())
-    assert result.row == _row()
+    assert result.row == _row(converged=None, n_steps=None)
     assert result.sources.equals(_sources(2))
 
 

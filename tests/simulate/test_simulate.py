@@ -104,6 +104,16 @@ def test_cli(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--tiles", "2by2"])
     assert bad.exit_code == 2
     assert "NxM" in bad.output
+    # the field is not overwritten unless asked
+    before = (tmp_path / "truth" / "field.json").stat().st_mtime_ns
+    again = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--tiles", "1x1"])
+    assert again.exit_code == 1
+    assert "use --force to overwrite" in again.stderr
+    assert (tmp_path / "truth" / "field.json").stat().st_mtime_ns == before
+    forced = runner.invoke(
+        app, ["simulate", "--out", str(tmp_path), "--tiles", "1x1", "--density", "2", "--force"]
+    )
+    assert forced.exit_code == 0, forced.output
 
 
 def test_unknown_pixel_quadrant_rejected() -> None:
