@@ -155,6 +155,12 @@ def _drift(g1: FloatArray, g2: FloatArray, window: int) -> float:
     return float(max(abs(g1[-1] - g1[-1 - k]), abs(g2[-1] - g2[-1 - k])))
 
 
+def _outside_domain(exc: Exception) -> bool:
+    """Whether a JAX runtime error is JAX-GalSim refusing an ellipticity past |e| = 1 (an
+    equinox check inside the compiled model: it surfaces only as this message)."""
+    return "distortion exceeds" in str(exc)
+
+
 def _model_key(cfg: Any) -> tuple[str, float]:
     return (cfg.model_dump_json(include={"gal", "galaxy_stamp_sizes"}), float(cfg.data.pixel_scale))
 
@@ -673,15 +679,26 @@ class SparseModel:
         evaluations = 0
         last_value: Any = None
 
-        def settled() -> bool | None:
-            """True when the shear settled; None (stop) when it is not finite."""
+        def record(z: Any) -> bool:
+            """Count an iteration ending at ``z``; every ``check_every`` iterations, True
+            (stop) when the shear settled (``converged``) or is not finite (the caller
+            reports the non-finite shear)."""
+            nonlocal n_steps, converged
+            g1s.append(z["g1"])
+            g2s.append(z["g2"])
+            n_steps += 1
+            if settings.fixed_steps or n_steps % settings.check_every:
+                return False
             path = np.asarray(jax.device_get(g1s[-settings.window - 1 :]), dtype=np.float64)
             path2 = np.asarray(jax.device_get(g2s[-settings.window - 1 :]), dtype=np.float64)
             if not (np.isfinite(path[-1]) and np.isfinite(path2[-1])):
-                return None
-            return n_steps > settings.window and bool(
+                return True
+            if n_steps > settings.window and (
                 _drift(path, path2, settings.window) < settings.tolerance
-            )
+            ):
+                converged = True
+                return True
+            return False
 
         if settings.optimizer == "adam":
             state = prior.start(z0)
@@ -691,23 +708,13 @@ class SparseModel:
                     last_value, grad = log_posterior(z)
                     evaluations += 1
                     state, z = prior.step(state, grad)
-                    g1s.append(z["g1"])
-                    g2s.append(z["g2"])
-                    n_steps += 1
-                    if settings.fixed_steps or n_steps % settings.check_every:
-                        continue
-                    verdict = settled()
-                    if verdict is None:
-                        break  # the caller reports the non-finite shear
-                    if verdict:
-                        converged = True
+                    if record(z):
                         break
                 jax.block_until_ready(z)
             except jax.errors.JaxRuntimeError as exc:
-                # Adam's fixed steps can push an ellipticity past |e| = 1, which
-                # JAX-GalSim refuses (an error raised inside the compiled step): the fit
-                # left the model's domain, a permanent failure of this configuration
-                if "distortion exceeds" not in str(exc):
+                # Adam's fixed steps can push an ellipticity past |e| = 1: the fit left
+                # the model's domain, a permanent failure of this configuration
+                if not _outside_domain(exc):
                     raise
                 raise NonFiniteFitError(
                     f"Adam left the model's domain (|e| >= 1) after {n_steps} steps; "
@@ -727,24 +734,14 @@ class SparseModel:
                 try:
                     return -float(value), -np.asarray(grad_u, dtype=np.float64)
                 except jax.errors.JaxRuntimeError as exc:
-                    # a trial point past |e| = 1, which JAX-GalSim refuses: too far
-                    if "distortion exceeds" not in str(exc):
+                    if not _outside_domain(exc):  # a trial point past |e| = 1: too far
                         raise
                     return np.inf, np.full_like(x, np.nan)
 
             for x, value in lbfgs(loss, np.asarray(flat0, dtype=np.float64), settings.max_steps):
                 z = prior.constrain(unravel(jnp.asarray(x, dtype=jnp.float32)))
                 last_value = -value
-                g1s.append(z["g1"])
-                g2s.append(z["g2"])
-                n_steps += 1
-                if settings.fixed_steps or n_steps % settings.check_every:
-                    continue
-                verdict = settled()
-                if verdict is None:
-                    break
-                if verdict:
-                    converged = True
+                if record(z):
                     break
             else:
                 if not settings.fixed_steps and 0 < n_steps < settings.max_steps:
