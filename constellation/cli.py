@@ -46,6 +46,7 @@ app = typer.Typer(
     cls=_RootGroup,
     help="Orchestrate SHINE weak-lensing shear inference over Euclid tiles.",
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(tiles.app, name="tiles")

@@ -9,7 +9,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import load_settings, new_run_id, settings_from_json, settings_json
+from flows.common import end_state, load_settings, new_run_id, settings_from_json, settings_json
 
 __all__ = ["assemble_catalog", "assemble_task", "report_task", "validate_task"]
 
@@ -72,10 +72,13 @@ def report_task(payload: str, out: str | None = None) -> dict[str, Any]:
 def assemble_catalog(
     config: str | None = None, tiles: list[int] | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
-    """Commit the results of ``tiles`` (default: all) into the catalog and validate it."""
+    """Commit the results of ``tiles`` (default: all) into the catalog and validate it;
+    the flow run ends Failed, with the validation's summary as its message, when the
+    validation fails."""
     log = get_run_logger()
     payload = settings_json(load_settings(config))
     assembled = assemble_task(payload, tiles, run_id or new_run_id())
     validated = validate_task(payload, tiles)
     log.info("%s", validated["summary"])
-    return {"assemble": assembled, "validate": validated}
+    out = {"assemble": assembled, "validate": validated}
+    return end_state(out, None if validated["ok"] else str(validated["summary"]))

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from prefect.exceptions import CancelledRun, TerminationSignal
-from prefect.states import Cancelled
+from prefect.states import Cancelled, Failed
 
 from constellation.config import Settings, load_config
 from constellation.io.storage import Storage, storage_from_config
@@ -35,6 +35,8 @@ __all__ = [
     "STOP_SIGNALS",
     "cancellable",
     "deferred_stop_signals",
+    "end_state",
+    "failed_subtiles_message",
     "last_stop_signal",
     "load_settings",
     "new_run_id",
@@ -176,6 +178,25 @@ def storage_for(payload: str) -> Storage:
 def new_run_id(prefix: str = "run") -> str:
     """A run id like ``run-20261125T221500Z-3f9a``."""
     return f"{prefix}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+
+
+def end_state(out: dict[str, Any], message: str | None) -> dict[str, Any]:
+    """What a flow returns: ``out``, or a ``Failed`` state carrying ``message`` (the
+    cause, shown in the UI and by ``prefect flow-run inspect``) and ``out`` as its
+    data when there is a message."""
+    if message is None:
+        return out
+    return Failed(message=message, data=out)  # type: ignore[return-value]
+
+
+def failed_subtiles_message(infer: dict[str, Any]) -> str | None:
+    """ "N of M sub-tiles failed (cause: count; ...)" for an inference summary, or None."""
+    failed = int(infer["counts"].get("failed", 0))
+    if not failed:
+        return None
+    causes = [c for c in infer.get("causes", []) if c["status"] == "failed"]
+    top = "; ".join(f"{c['cause']}: {c['count']}" for c in causes[:3])
+    return f"{failed} of {infer['subtiles']} sub-tiles failed ({top})"
 
 
 def prefect_api_url() -> str | None:

@@ -53,6 +53,8 @@ from flows.common import (
     STOP_SIGNALS,
     cancellable,
     deferred_stop_signals,
+    end_state,
+    failed_subtiles_message,
     load_settings,
     new_run_id,
     prefect_api_url,
@@ -209,23 +211,24 @@ def _record(summary: OutcomeSummary, nodes: Counter[str], fut: Any) -> str:
 
 @flow(name="infer-batch", log_prints=False, persist_result=False)
 @cancellable
-def infer_batch(payload: str, tiles: list[int], run_id: str, force: bool = False) -> dict[str, Any]:
-    """Infer every prepared sub-tile of ``tiles`` (a sub-flow run on Ray)."""
+def infer_batch(
+    payload: str,
+    tiles: list[int],
+    run_id: str,
+    force: bool = False,
+    manifests: list[str] | None = None,
+) -> dict[str, Any]:
+    """Infer the prepared sub-tiles of ``tiles`` (a sub-flow run on Ray): ``manifests``
+    when given (the driver already set aside the done ones), else every sub-tile of
+    ``tiles`` not done yet."""
     from prefect_ray.context import remote_options
 
     settings = settings_from_json(payload)
     ray_cfg = settings.runtime.ray
-    urls = tile_manifests(payload, tiles)
+    urls = tile_manifests(payload, tiles) if manifests is None else list(manifests)
     runner = infer_subtile_task.with_options(retries=settings.runtime.task_retries)
     summary = OutcomeSummary()
-    # sub-tiles whose final result is written are counted here, not sent to Ray (two
-    # small reads each, against a task's scheduling and worker round trip)
-    todo = urls if force else _not_done(payload, urls, summary)
-    if len(todo) < len(urls):
-        progress(
-            f"infer: {len(urls) - len(todo)} of {len(urls)} sub-tiles of {len(tiles)} tile(s) "
-            "already done (not dispatched)"
-        )
+    todo = urls if force or manifests is not None else _not_done(payload, urls, summary)
     nodes: Counter[str] = Counter()
     pending: list[Any] = []
     unavailable = False
@@ -297,9 +300,11 @@ def infer_subtiles(
     force: bool = False,
 ) -> dict[str, Any]:
     """Infer the prepared sub-tiles of ``tiles`` (default: ``runtime.tiles``, else every
-    prepared tile) on Ray, in sub-flow runs of ``runtime.tiles_per_subflow`` tiles."""
+    prepared tile) on Ray, in sub-flow runs of ``runtime.tiles_per_subflow`` tiles. The
+    flow run ends Failed, its message naming the causes, when a sub-tile failed."""
     settings = load_settings(config)
-    return run_inference(settings, tiles, run_id or new_run_id(), force)
+    out = run_inference(settings, tiles, run_id or new_run_id(), force)
+    return end_state(out, failed_subtiles_message(out))
 
 
 def prepared_tiles(payload: str) -> list[int]:
@@ -316,42 +321,36 @@ def run_inference(
 ) -> dict[str, Any]:
     """The body of :func:`infer_subtiles`, callable from other flows.
 
-    Starts or joins Ray, runs the preflight unless ``check`` is false (the caller ran
-    it; :class:`flows.preflight.PreflightError` when the sub-tiles cannot run), then
-    the batches. The result's ``counts`` are per status, ``causes`` the failures and
-    skips grouped by cause (one example each).
+    Sets aside, here on the driver, the sub-tiles whose final result is written (two
+    small reads each, against a task's scheduling and a worker round trip). Only when
+    something is left does it start or join Ray, run the preflight unless ``check`` is
+    false (the caller ran it; :class:`flows.preflight.PreflightError` when the
+    sub-tiles cannot run), and run the batches. The result's ``counts`` are per
+    status, ``causes`` the failures and skips grouped by cause (one example each).
     """
-    from flows.preflight import preflight
-    from flows.runner import SubTileRayTaskRunner
-
     log = get_run_logger()
     payload = settings_json(settings)
     chosen = sorted(set(tiles or settings.runtime.tiles or prepared_tiles(payload)))
-    size = settings.runtime.tiles_per_subflow
-    batches = [chosen[i : i + size] for i in range(0, len(chosen), size)]
     summary = OutcomeSummary()
+    t0 = time.perf_counter()
+    todo: dict[int, list[str]] = {}
+    n = 0
+    for tid in chosen:
+        urls = tile_manifests(payload, [tid])
+        n += len(urls)
+        left = urls if force else _not_done(payload, urls, summary)
+        if left:
+            todo[tid] = left
+    dispatched = sum(len(v) for v in todo.values())
+    if dispatched < n:
+        progress(
+            f"infer: {n - dispatched} of {n} sub-tiles of {len(chosen)} tile(s) already done "
+            "(not dispatched)"
+        )
     nodes: Counter[str] = Counter()
     batch_runs: list[str] = []
-    n = dispatched = 0
-    t0 = time.perf_counter()
-    with ray_session(settings, prefect_api_url()):
-        if check and batches:
-            probe = preflight(settings, payload)
-            progress(
-                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
-                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
-            )
-        for i, batch in enumerate(batches):
-            sub = infer_batch.with_options(
-                task_runner=SubTileRayTaskRunner(),
-                flow_run_name=f"infer-batch-{i + 1}-of-{len(batches)}",
-            )
-            out = sub(payload, batch, run_id, force)
-            n += out["subtiles"]
-            dispatched += out["dispatched"]
-            summary.merge(OutcomeSummary.from_dict(out))
-            nodes.update(out["nodes"])
-            batch_runs.append(out["flow_run_id"])
+    if todo:
+        _dispatch(settings, payload, todo, run_id, force, check, summary, nodes, batch_runs)
     seconds = time.perf_counter() - t0
     log.info(
         "inferred %d sub-tiles of %d tiles in %.1f s: %s",
@@ -371,6 +370,43 @@ def run_inference(
         "config_hash": settings.config_hash,
         "seconds": seconds,
     }
+
+
+def _dispatch(
+    settings: Any,
+    payload: str,
+    todo: dict[int, list[str]],
+    run_id: str,
+    force: bool,
+    check: bool,
+    summary: OutcomeSummary,
+    nodes: Counter[str],
+    batch_runs: list[str],
+) -> None:
+    """Run the ``todo`` manifests (by tile) on Ray in sub-flow runs of
+    ``runtime.tiles_per_subflow`` tiles, after the preflight when ``check``."""
+    from flows.preflight import preflight
+    from flows.runner import SubTileRayTaskRunner
+
+    pending = sorted(todo)
+    size = settings.runtime.tiles_per_subflow
+    batches = [pending[i : i + size] for i in range(0, len(pending), size)]
+    with ray_session(settings, prefect_api_url()):
+        if check:
+            probe = preflight(settings, payload)
+            progress(
+                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
+                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
+            )
+        for i, batch in enumerate(batches):
+            sub = infer_batch.with_options(
+                task_runner=SubTileRayTaskRunner(),
+                flow_run_name=f"infer-batch-{i + 1}-of-{len(batches)}",
+            )
+            out = sub(payload, batch, run_id, force, [u for t in batch for u in todo[t]])
+            summary.merge(OutcomeSummary.from_dict(out))
+            nodes.update(out["nodes"])
+            batch_runs.append(out["flow_run_id"])
 
 
 logging.getLogger("ray").setLevel(logging.WARNING)

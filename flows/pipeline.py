@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.assemble import assemble_task, report_task, validate_task
 from flows.common import (
     cancellable,
+    failed_subtiles_message,
     last_stop_signal,
     load_settings,
     new_run_id,
@@ -33,13 +35,21 @@ from flows.common import (
     progress,
     ray_session,
     settings_json,
+    storage_for,
 )
 from flows.index import build_index_task, resolve_registry_task
 from flows.infer import run_inference
 from flows.prepare import run_prepare
 from flows.reprocess import save_state
 
-__all__ = ["RunEnd", "failure_message", "pipeline", "run_here", "run_pipeline"]
+__all__ = [
+    "RunEnd",
+    "failure_message",
+    "pipeline",
+    "preflight_first",
+    "run_here",
+    "run_pipeline",
+]
 
 
 def run_pipeline(
@@ -61,17 +71,20 @@ def run_pipeline(
     rid = run_id or new_run_id()
     times: dict[str, float] = {}
 
-    with ray_session(settings, prefect_api_url()):
+    known = resolve_registry_task(payload, tiles)
+    chosen = sorted(set(tiles or settings.runtime.tiles or known))
+    first = preflight_first(settings, chosen)
+    with ExitStack() as stack:
+        if first:
+            stack.enter_context(ray_session(settings, prefect_api_url()))
+            t = time.perf_counter()
+            probe = preflight(settings, payload)
+            times["preflight_s"] = time.perf_counter() - t
+            progress(
+                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
+                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
+            )
         t = time.perf_counter()
-        probe = preflight(settings, payload)
-        times["preflight_s"] = time.perf_counter() - t
-        progress(
-            f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds on "
-            f"the Ray workers (computes on: {probe.get('device') or '-'})"
-        )
-        t = time.perf_counter()
-        known = resolve_registry_task(payload, tiles)
-        chosen = sorted(set(tiles or settings.runtime.tiles or known))
         index = build_index_task(payload)
         times["index_s"] = time.perf_counter() - t
         progress(f"index: {index['quadrant_exposures']} quadrant exposures")
@@ -82,7 +95,8 @@ def run_pipeline(
         progress(f"prepare: {len(chosen)} tiles, {prepared['subtiles']} sub-tiles")
 
         t = time.perf_counter()
-        inferred = run_inference(settings, chosen, rid, force, check=False)
+        # starts Ray and runs the preflight itself if it was deferred and there is work
+        inferred = run_inference(settings, chosen, rid, force, check=not first)
         times["infer_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -99,7 +113,8 @@ def run_pipeline(
         f"assemble: {assembled['subtiles_committed']} sub-tiles committed; {validated['summary']}"
     )
     figures = report_task(payload) if report else None
-    save_state(settings, payload, chosen)  # baseline for the reprocessing flow
+    # baseline for the reprocessing flow and for preflight_first
+    save_state(settings, payload, chosen, completed=not inferred["counts"].get("failed"))
     log.info("run %s: %s", rid, validated["summary"])
     return {
         "run_id": rid,
@@ -114,15 +129,37 @@ def run_pipeline(
     }
 
 
+def preflight_first(settings: Any, tiles: list[int] | None) -> bool:
+    """Whether a pipeline run of ``tiles`` starts with Ray and the preflight (before
+    the index), which stops a run that could never run within seconds.
+
+    A rerun of tiles that all finished a run under this configuration defers them
+    until a sub-tile is left to dispatch (most reruns have none: no Ray is started).
+    Its index and preparation are then the cheap, incremental kind; a configuration
+    or backend change, or a tile not run before, puts the preflight first again.
+    ``tiles`` None means ``runtime.tiles``, else every tile of the work registry.
+    """
+    from constellation.io.registry import read_work_registry
+    from constellation.stages import changes
+
+    storage = storage_for(settings_json(settings))
+    work = settings.runtime.storage.work_uri
+    chosen = tiles or settings.runtime.tiles
+    if not chosen:
+        try:
+            chosen = [int(t) for t in read_work_registry(storage, work).tile_id]
+        except (OSError, ValueError):
+            return True
+    state = changes.read_state(storage, work)
+    return not changes.ran_before(state, settings.config_hash, chosen)
+
+
 def failure_message(out: dict[str, Any]) -> str | None:
     """Why a pipeline run should count as failed (failed sub-tiles first, then a failed
     validation), or None."""
-    infer = out["infer"]
-    failed = int(infer["counts"].get("failed", 0))
-    if failed:
-        causes = [c for c in infer.get("causes", []) if c["status"] == "failed"]
-        top = "; ".join(f"{c['cause']}: {c['count']}" for c in causes[:3])
-        return f"{failed} of {infer['subtiles']} sub-tiles failed ({top})"
+    failed = failed_subtiles_message(out["infer"])
+    if failed is not None:
+        return failed
     if not out["validate"]["ok"]:
         return str(out["validate"]["summary"])
     return None

@@ -23,7 +23,14 @@ from constellation.io.registry import read_work_registry
 from constellation.manifest import layout
 from constellation.stages import changes
 from flows.assemble import assemble_task, validate_task
-from flows.common import load_settings, new_run_id, settings_json, storage_for
+from flows.common import (
+    end_state,
+    failed_subtiles_message,
+    load_settings,
+    new_run_id,
+    settings_json,
+    storage_for,
+)
 from flows.index import build_index_task, resolve_registry_task
 from flows.infer import run_inference
 from flows.prepare import run_prepare
@@ -31,9 +38,10 @@ from flows.prepare import run_prepare
 __all__ = ["reprocess_field", "save_state"]
 
 
-def save_state(settings: Any, payload: str, tiles: list[int]) -> None:
+def save_state(settings: Any, payload: str, tiles: list[int], completed: bool) -> None:
     """Record the catalog fingerprints of ``tiles`` and their neighbours (the baseline
-    the next reprocessing run compares against)."""
+    the next reprocessing run compares against) and, when ``completed`` (no failed
+    sub-tile), that ``tiles`` ran under this configuration."""
     from constellation.stages.prepare import plan
 
     storage = storage_for(payload)
@@ -43,9 +51,8 @@ def save_state(settings: Any, payload: str, tiles: list[int]) -> None:
     wanted = sorted(set(tiles) | {n for it in items for n in it.neighbours})
     now = changes.catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
     state = changes.read_state(storage, work)
-    catalogs = dict(state.get("catalogs", {}))
-    catalogs.update(now)
-    changes.write_state(storage, work, {"catalogs": catalogs, "config_hash": settings.config_hash})
+    done = tiles if completed else []
+    changes.write_state(storage, work, changes.next_state(state, now, settings.config_hash, done))
 
 
 @flow(
@@ -109,7 +116,13 @@ def reprocess_field(
         out["infer"] = run_inference(settings, affected, rid)
         out["assemble"] = assemble_task(payload, affected, rid)
         out["validate"] = validate_task(payload, field)
-    catalogs = dict(state.get("catalogs", {}))
-    catalogs.update(now)
-    changes.write_state(storage, work, {"catalogs": catalogs, "config_hash": settings.config_hash})
-    return out
+    completed = affected if affected and not out["infer"]["counts"].get("failed") else []
+    changes.write_state(
+        storage, work, changes.next_state(state, now, settings.config_hash, completed)
+    )
+    if not affected:
+        return out
+    message = failed_subtiles_message(out["infer"])
+    if message is None and not out["validate"]["ok"]:
+        message = str(out["validate"]["summary"])
+    return end_state(out, message)

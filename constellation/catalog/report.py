@@ -25,9 +25,12 @@ from __future__ import annotations
 import io
 import logging
 import math
+import shutil
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,7 +40,7 @@ from numpy.typing import NDArray
 
 from constellation.catalog.iceberg import SOURCES, SUBTILES, ShearCatalog, open_catalog
 from constellation.config import Settings
-from constellation.io.storage import Storage, storage_from_config
+from constellation.io.storage import Storage, local_path, storage_from_config
 from constellation.manifest import layout
 from constellation.simulate.truth import TruthField, load_truth_field
 
@@ -464,4 +467,53 @@ def make_report(
         truth = None
         log.info("no truth field at %s: not a simulated field", uri)
     directory = out or layout.join(settings.runtime.storage.work_uri, "report")
-    return render_report(subtiles, store, directory, truth=truth, n_source_rows=n_sources)
+    folder = local_path(directory)
+    if folder is None or not _only_report_files(folder):
+        # an object store (no folder rename), or a folder holding other files: in place
+        return render_report(subtiles, store, directory, truth=truth, n_source_rows=n_sources)
+    # a local report folder is replaced as a whole: never a mix of two reports' files
+    staging = folder.with_name(f".{folder.name}.new-{uuid.uuid4().hex[:8]}")
+    try:
+        result = render_report(subtiles, store, str(staging), truth=truth, n_source_rows=n_sources)
+        _swap_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _moved(result, str(staging), directory)
+
+
+_REPORT_FILES = frozenset({SHEAR_MAP, COVERAGE, HISTOGRAMS, TRUTH, MARKDOWN})
+
+
+def _only_report_files(folder: Path) -> bool:
+    """Whether ``folder`` is absent or holds nothing but report files (then the whole
+    folder may be replaced)."""
+    if not folder.exists():
+        return True
+    return folder.is_dir() and all(p.name in _REPORT_FILES for p in folder.iterdir())
+
+
+def _swap_folder(new: Path, folder: Path) -> None:
+    """Put folder ``new`` in the place of ``folder`` (two renames; the old one is removed)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
+    if folder.exists():
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _moved(result: ReportOutput, staging: str, directory: str) -> ReportOutput:
+    """``result`` with its paths under ``directory`` instead of ``staging``."""
+
+    def at(path: str) -> str:
+        return layout.join(directory, path.rstrip("/").rsplit("/", 1)[-1])
+
+    return replace(
+        result,
+        directory=directory,
+        shear_map=at(result.shear_map),
+        coverage=at(result.coverage),
+        histograms=at(result.histograms),
+        markdown=at(result.markdown),
+        truth_comparison=None if result.truth_comparison is None else at(result.truth_comparison),
+    )

@@ -13,7 +13,10 @@ from constellation.commands._common import existing_catalog, fail, get_state, re
 TileOption = Annotated[
     list[int] | None,
     typer.Option(
-        "--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else every tile."
+        "--tile",
+        "-t",
+        metavar="TILE_ID",
+        help="Tile id (repeatable). Default: runtime.tiles, else every tile.",
     ),
 ]
 

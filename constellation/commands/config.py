@@ -10,7 +10,9 @@ import typer
 from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state
 from constellation.config import ConfigError, dump_config, load_config
 
-app = typer.Typer(help="Show, hash and validate the configuration.", no_args_is_help=True)
+app = typer.Typer(
+    help="Show, hash and validate the configuration.", no_args_is_help=True, rich_markup_mode=None
+)
 
 
 @app.command("show")

@@ -25,13 +25,18 @@ def infer(
     ctx: typer.Context,
     manifest_url: Annotated[
         list[str] | None,
-        typer.Argument(help="Sub-tile manifests to infer (URLs or paths).", show_default=False),
+        typer.Argument(
+            help="Sub-tile manifests to infer (URLs or paths).",
+            metavar="MANIFEST",
+            show_default=False,
+        ),
     ] = None,
     tile: Annotated[
         list[int] | None,
         typer.Option(
             "--tile",
             "-t",
+            metavar="TILE_ID",
             help="Infer every prepared sub-tile of this tile. Default (no manifests, no "
             "--tile): runtime.tiles, else every prepared sub-tile.",
         ),

@@ -20,12 +20,15 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Maintain the Iceberg shear catalog: status, small-file compaction, snapshot expiry.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 TableOption = Annotated[
     list[str] | None,
     typer.Option(
-        "--table", help="Table to maintain: sources or subtiles (repeatable). Default: both."
+        "--table",
+        metavar="TABLE",
+        help="Table to maintain: sources or subtiles (repeatable). Default: both.",
     ),
 ]
 DryRunOption = Annotated[
@@ -170,11 +173,15 @@ def export(
     ] = "sources",
     tile: Annotated[
         list[int] | None,
-        typer.Option("--tile", "-t", help="Only these tiles (repeatable). Default: all."),
+        typer.Option(
+            "--tile", "-t", metavar="TILE_ID", help="Only these tiles (repeatable). Default: all."
+        ),
     ] = None,
     column: Annotated[
         list[str] | None,
-        typer.Option("--column", help="Only these columns (repeatable). Default: all."),
+        typer.Option(
+            "--column", metavar="COLUMN", help="Only these columns (repeatable). Default: all."
+        ),
     ] = None,
 ) -> None:
     """Write the current rows of a table to one Parquet file, read through pyiceberg (the

@@ -19,7 +19,12 @@ if TYPE_CHECKING:
 
 TileOption = Annotated[
     list[int] | None,
-    typer.Option("--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else all."),
+    typer.Option(
+        "--tile",
+        "-t",
+        metavar="TILE_ID",
+        help="Tile id (repeatable). Default: runtime.tiles, else all.",
+    ),
 ]
 
 

@@ -53,7 +53,12 @@ CpuOption = Annotated[
 ]
 TilesOption = Annotated[
     list[int] | None,
-    typer.Option("--tile", "-t", help="Tile id (repeatable). Default: runtime.tiles, else all."),
+    typer.Option(
+        "--tile",
+        "-t",
+        metavar="TILE_ID",
+        help="Tile id (repeatable). Default: runtime.tiles, else all.",
+    ),
 ]
 AllowFailuresOption = Annotated[
     bool,
@@ -143,23 +148,35 @@ def run_pipeline_flow(
     """Run the pipeline flow here and return its summary, or exit with the code of the
     module docstring and one line per cause."""
     _prefect_env(verbosity)
-    from constellation.inference import BackendUnavailableError
-    from flows.common import set_progress_reporter
-    from flows.pipeline import run_here
-    from flows.preflight import PreflightError
+    from flows.server import prefect_api
 
-    set_progress_reporter(_echo_err)
-    try:
-        end = run_here(
-            config,
-            tiles=tiles,
-            run_id=run_id,
-            report=report,
-            allow_failures=allow_failures,
-            allow_unconverged=allow_unconverged,
-        )
-    finally:
-        set_progress_reporter(None)
+    with prefect_api() as server:  # a temporary server boots while Ray starts
+        from constellation.inference import BackendUnavailableError
+        from flows.common import load_settings, prefect_api_url, ray_session, set_progress_reporter
+        from flows.pipeline import preflight_first, run_here
+        from flows.preflight import PreflightError
+
+        settings = load_settings(config)
+        set_progress_reporter(_echo_err)
+        try:
+            with contextlib.ExitStack() as stack:
+                if preflight_first(settings, tiles):
+                    url = server.url if server else prefect_api_url()
+                    stack.enter_context(ray_session(settings, url))
+                if server is not None:
+                    server.wait(
+                        float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+                    )
+                end = run_here(
+                    config,
+                    tiles=tiles,
+                    run_id=run_id,
+                    report=report,
+                    allow_failures=allow_failures,
+                    allow_unconverged=allow_unconverged,
+                )
+        finally:
+            set_progress_reporter(None)
     if end.stop_signal is not None:
         fail(
             f"run cancelled by {signal.Signals(end.stop_signal).name}: sub-tiles in flight were "
@@ -232,24 +249,33 @@ def reprocess(
     """Redo only what changed since the last run of the field: tiles whose quadrant
     exposures, MER catalogs (their own or a neighbour's) or science configuration
     changed are prepared, inferred and assembled again (the reprocess flow, here)."""
-    from constellation.inference import BackendUnavailableError
-    from flows.common import set_progress_reporter
-    from flows.preflight import PreflightError
-
     state = get_state(ctx)
     with _environment(_overrides(backend, cpu)):
         state.__dict__.pop("settings", None)
         state.settings  # noqa: B018  (validate the configuration before starting anything)
         _prefect_env(state.verbosity)
+        from constellation.inference import BackendUnavailableError
+        from flows.common import set_progress_reporter
+        from flows.preflight import PreflightError
         from flows.reprocess import reprocess_field
+        from flows.server import prefect_api
 
         set_progress_reporter(_echo_err)
         try:
-            out = reprocess_field(
-                config=str(state.config_path) if state.config_path else None,
-                tiles=tile,
-                run_id=run_id,
-            )
+            with prefect_api() as server:
+                if server is not None:
+                    server.wait(
+                        float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
+                    )
+                end = reprocess_field(
+                    config=str(state.config_path) if state.config_path else None,
+                    tiles=tile,
+                    run_id=run_id,
+                    return_state=True,
+                )
+                out = end.result(raise_on_failure=False)  # the summary, also when Failed
+                if isinstance(out, BaseException):
+                    raise out
         except PreflightError as exc:
             for line in exc.lines():
                 typer.secho(line, fg=typer.colors.RED, err=True)
@@ -309,13 +335,24 @@ def demo(
     """Simulate a small Euclid-like field into a local folder, run the whole pipeline
     through Prefect (temporary server) and a local Ray, validate the catalog and draw
     the shear map. Re-running it resumes: nothing is recomputed."""
+    t0 = time.perf_counter()
+    verbosity = get_state(ctx).verbosity
+    _prefect_env(verbosity)
+    from flows.server import prefect_api
+
+    with prefect_api():  # Prefect's temporary server boots while the field is simulated
+        _demo(out, tiles, density, allow_failures, verbosity, t0)
+
+
+def _demo(
+    out: Path, tiles: str, density: float, allow_failures: bool, verbosity: int, t0: float
+) -> None:
     from constellation.commands.simulate import _parse_tiles
     from constellation.config import load_config
     from constellation.io.storage import Storage
     from constellation.simulate import FieldSpec
     from constellation.simulate.run import simulate_field
 
-    t0 = time.perf_counter()
     n_ra, n_dec = _parse_tiles(tiles)
     out = out.resolve()
     data, work = out / "input", out / "work"
@@ -339,7 +376,7 @@ def demo(
         str(cfg_path),
         report=True,
         allow_failures=allow_failures,
-        verbosity=get_state(ctx).verbosity,
+        verbosity=verbosity,
     )
     typer.echo(
         f"demo finished in {time.perf_counter() - t0:.1f} s; config {cfg_path}; "

@@ -47,7 +47,11 @@ def simulate(
     ] = 32,
     pixel_quadrants: Annotated[
         list[str] | None,
-        typer.Option("--pixel-quadrant", help="pixels mode: quadrant(s) to render (3-4.F)."),
+        typer.Option(
+            "--pixel-quadrant",
+            metavar="QUADRANT",
+            help="pixels mode: quadrant(s) to render (3-4.F).",
+        ),
     ] = None,
     spec_file: Annotated[
         Path | None,

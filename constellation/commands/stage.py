@@ -20,11 +20,17 @@ def stage(
     ],
     manifest_url: Annotated[
         list[str] | None,
-        typer.Argument(help="Sub-tile manifests to stage (URLs or paths).", show_default=False),
+        typer.Argument(
+            help="Sub-tile manifests to stage (URLs or paths).",
+            metavar="MANIFEST",
+            show_default=False,
+        ),
     ] = None,
     tile: Annotated[
         list[int] | None,
-        typer.Option("--tile", "-t", help="Stage every sub-tile of this prepared tile."),
+        typer.Option(
+            "--tile", "-t", metavar="TILE_ID", help="Stage every sub-tile of this prepared tile."
+        ),
     ] = None,
 ) -> None:
     """Copy each sub-tile's needed extensions, source table and manifest into a folder

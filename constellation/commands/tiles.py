@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Tiles and sub-tiles: generate a tiling, show boxes, find neighbours, partition catalogs.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,9 @@ def neighbours(
 def partition(
     ctx: typer.Context,
     catalog: Annotated[Path, typer.Argument(help="The tile's own catalog (FITS, Parquet or CSV).")],
-    tile_id: Annotated[int, typer.Option("--tile", "-t", help="Tile the catalog belongs to.")],
+    tile_id: Annotated[
+        int, typer.Option("--tile", "-t", metavar="TILE_ID", help="Tile the catalog belongs to.")
+    ],
     others: Annotated[
         list[Path] | None,
         typer.Option("--other", help="Other catalogs (neighbours) for the extended lists."),

@@ -36,6 +36,8 @@ __all__ = [
     "catalog_fingerprints",
     "changed_catalog_tiles",
     "changed_index_rows",
+    "next_state",
+    "ran_before",
     "read_index_keys",
     "read_state",
     "stale_config_tiles",
@@ -188,3 +190,29 @@ def write_state(storage: Storage, work_uri: str, state: Mapping[str, Any]) -> No
     """Save the reprocessing state (atomic write)."""
     payload = json.dumps(state, sort_keys=True, indent=1).encode("utf-8")
     storage.write_bytes(_state_url(work_uri), payload)
+
+
+def next_state(
+    previous: Mapping[str, Any],
+    catalogs_now: Mapping[str, Any],
+    config_hash: str,
+    completed_tiles: Iterable[int] = (),
+) -> dict[str, Any]:
+    """The state to save after a run: the catalog fingerprints updated with
+    ``catalogs_now``; ``tiles_run``, the tiles whose run finished with no failed
+    sub-tile under ``config_hash`` (emptied when the configuration changed)."""
+    catalogs = dict(previous.get("catalogs", {}))
+    catalogs.update(catalogs_now)
+    same = previous.get("config_hash") == config_hash
+    ran = {int(t) for t in previous.get("tiles_run", [])} if same else set()
+    ran |= {int(t) for t in completed_tiles}
+    return {"catalogs": catalogs, "config_hash": config_hash, "tiles_run": sorted(ran)}
+
+
+def ran_before(state: Mapping[str, Any], config_hash: str, tiles: Iterable[int]) -> bool:
+    """Whether every one of ``tiles`` finished a run under ``config_hash`` (per the
+    saved ``state``); False for no tiles."""
+    wanted = {int(t) for t in tiles}
+    if not wanted or state.get("config_hash") != config_hash:
+        return False
+    return wanted <= {int(t) for t in state.get("tiles_run", [])}

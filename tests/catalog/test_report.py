@@ -119,3 +119,30 @@ def test_fit_recovers_slope_and_offset() -> None:
     unweighted = _fit(x, y, np.full(400, np.nan))
     assert math.isnan(unweighted.chi2_n)
     assert unweighted.m == pytest.approx(0.1, abs=0.02)
+
+
+def test_a_report_folder_is_replaced_as_a_whole(field: Field, tmp_path: Path) -> None:
+    """A folder of report files is swapped for the new one (no file of the earlier report
+    is left, nothing half-written is visible); a folder that holds other files is written
+    in place and keeps them."""
+    _write_truth(field)
+    field.write(n_sources=3, noise=0.02)
+    assemble(field.settings)
+    folder = tmp_path / "qa"
+    first = make_report(field.settings, out=str(folder))
+    assert first.truth_comparison is not None
+    (folder / "shear_map.png").write_bytes(b"an earlier report's figure")
+    second = make_report(field.settings, out=str(folder), truth_uri=str(tmp_path / "no-truth"))
+    assert second.truth_comparison is None
+    assert second.directory == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "coverage.png", "report.md", "shear_hist.png", "shear_map.png"
+    ]  # fmt: skip
+    assert Path(second.shear_map).read_bytes()[:8] == PNG
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no leftovers
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "notes.txt").write_text("mine", encoding="utf-8")
+    out = make_report(field.settings, out=str(shared))
+    assert (shared / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert Path(out.markdown).parent == shared

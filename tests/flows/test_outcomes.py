@@ -30,6 +30,7 @@ class Outcome:
     tile: int
     out: dict[str, Any]
     runs: dict[str, Any]  # task run name -> task run (one flow run)
+    state: Any  # the infer flow run's final state
 
 
 def _sources_url(manifest_url: str) -> Path:
@@ -71,9 +72,17 @@ def outcome(
     broken = _sources_url(urls[3])
     pq.write_table(pq.read_table(broken).drop_columns(["in_core"]), broken)
 
-    out = infer_subtiles(config=str(config), tiles=[tile], run_id="outcomes")
+    state = infer_subtiles(config=str(config), tiles=[tile], run_id="outcomes", return_state=True)
+    out = state.result(raise_on_failure=False)
     assemble(load_config(config), tiles=[tile], run_id="outcomes")
-    return Outcome(config, work, tile, out, _task_runs(out["batch_flow_runs"]))
+    return Outcome(config, work, tile, out, _task_runs(out["batch_flow_runs"]), state)
+
+
+@pytest.mark.integration
+def test_the_flow_run_fails_with_its_cause_as_message(outcome: Outcome) -> None:
+    """What an operator sees for a deployment run in the UI: Failed, and why."""
+    assert outcome.state.is_failed()
+    assert outcome.state.message == "1 of 16 sub-tiles failed (KeyError: 1)"
 
 
 @pytest.mark.integration

@@ -93,6 +93,10 @@ def test_rerun_does_no_inference_and_adds_no_rows(run: Run) -> None:
     assert run.second["infer"]["counts"] == {"done": 32}
     # found done on the driver: nothing was sent to Ray
     assert (run.first["infer"]["dispatched"], run.second["infer"]["dispatched"]) == (32, 0)
+    # a rerun of tiles that ran under the same configuration defers the preflight until
+    # a sub-tile is left to dispatch: none here, so none ran
+    assert "preflight_s" in run.first["times"]
+    assert "preflight_s" not in run.second["times"]
     assert run.second["assemble"]["commits"] == 0
     assert run.second["assemble"]["subtiles_committed"] == 0
     n_sub, n_src = _rows(run.config)
