@@ -54,9 +54,10 @@ class ShearField(BaseModel):
     north, tangent at the field centre: the centroid of its tiles) and ``u = x cos θ + y sin θ``,
     ``v = -x sin θ + y cos θ``::
 
-        g1 = amplitude · cos(2π u / wavelength_deg)
-        g2 = amplitude · sin(2π v / wavelength_deg)
+        g1 = g1_constant + amplitude · cos(2π u / wavelength_deg)
+        g2 = g2_constant + amplitude · sin(2π v / wavelength_deg)
 
+    A calibration field is a constant shear: ``amplitude = 0`` and the constants.
     The components follow the convention of the catalog (``+g1`` stretches
     along the plane's ``x`` axis, west; ``+g2`` along the ``x = y`` diagonal).
     """
@@ -66,6 +67,14 @@ class ShearField(BaseModel):
     amplitude: float = Field(0.03, ge=0.0, le=0.2, description="Shear amplitude.")
     wavelength_deg: float = Field(2.0, gt=0.0, description="Wavelength of the pattern, deg.")
     angle_deg: float = Field(30.0, description="Orientation θ of the pattern, deg.")
+    g1_constant: float = Field(0.0, ge=-0.2, le=0.2, description="Constant g1 added everywhere.")
+    g2_constant: float = Field(0.0, ge=-0.2, le=0.2, description="Constant g2 added everywhere.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ShearField:
+        if self.amplitude * math.sqrt(2) + math.hypot(self.g1_constant, self.g2_constant) >= 0.5:
+            raise ValueError("|g| must stay below 0.5 everywhere: lower amplitude or constants")
+        return self
 
     def at_plane(
         self, x_deg: ArrayLike, y_deg: ArrayLike
@@ -77,7 +86,9 @@ class ShearField(BaseModel):
         u = x * math.cos(t) + y * math.sin(t)
         v = -x * math.sin(t) + y * math.cos(t)
         k = 2 * math.pi / self.wavelength_deg
-        return self.amplitude * np.cos(k * u), self.amplitude * np.sin(k * v)
+        g1 = self.g1_constant + self.amplitude * np.cos(k * u)
+        g2 = self.g2_constant + self.amplitude * np.sin(k * v)
+        return g1, g2
 
 
 class FieldSpec(BaseModel):
@@ -101,6 +112,19 @@ class FieldSpec(BaseModel):
         ("3-4.F",), description="pixels mode: quadrants rendered with galaxies (others sparse)."
     )
     shear: ShearField = Field(default_factory=ShearField)
+    shape_noise: float = Field(
+        0.26,
+        ge=0.0,
+        le=0.6,
+        description="Per-component rms of the galaxies' intrinsic ellipticity (0: round "
+        "galaxies, for calibration fields).",
+    )
+    intrinsic_rotation_deg: float = Field(
+        0.0,
+        description="Rotate every galaxy's intrinsic orientation by this angle (90: the "
+        "partner of a shape-noise-cancelling pair of fields).",
+    )
+    pixel_noise: bool = Field(True, description="Add Gaussian pixel noise to rendered pixels.")
     first_obs_id: int = Field(2681, ge=0, le=999_999, description="Id of the first observation.")
     seed: int = Field(42, ge=0, description="Random seed.")
 

@@ -90,8 +90,10 @@ def render_quadrant(
     rdnoise_e: float,
     sky_adu: float,
     rng: np.random.Generator,
+    pixel_noise: bool = True,
 ) -> dict[str, NDArray[np.float32] | NDArray[np.int32]]:
-    """SCI, RMS, FLG, BKG and WGT arrays of one quadrant of one exposure."""
+    """SCI, RMS, FLG, BKG and WGT arrays of one quadrant of one exposure (without the
+    noise draw when ``pixel_noise`` is false: RMS still says what the noise would be)."""
     wcs = WCS(header)
     ny, nx = int(wcs.pixel_shape[1]), int(wcs.pixel_shape[0])
     x, y = wcs.all_world2pix(sources.ra, sources.dec, 0, quiet=True)
@@ -127,7 +129,8 @@ def render_quadrant(
     bkg = sky_adu * (1 + 0.02 * (xx / nx - 0.5) + 0.01 * (yy / ny - 0.5))
     var = (rdnoise_e / gain) ** 2 + (bkg + signal) / gain
     rms = np.sqrt(var)
-    sci = bkg + signal + rng.normal(0.0, 1.0, (ny, nx)) * rms
+    noise = rng.normal(0.0, 1.0, (ny, nx)) * rms
+    sci = bkg + signal + (noise if pixel_noise else 0.0)
     flg = np.zeros((ny, nx), dtype=np.int32)
     col = int(rng.integers(0, nx))
     flg[:, col] = 1 | 128  # INVALID | BAD_COLUMN

@@ -114,10 +114,14 @@ def draw_sources(plan: FieldPlan) -> SourceSet:
     vis_det = (rng.uniform(size=n) > 0.03).astype(np.int16)
     hlr = np.where(is_star, 0.0, np.exp(rng.normal(np.log(0.3), 0.35, n)))  # arcsec
     hlr = np.clip(hlr, 0.0, 3.0)
-    e_int = np.where(is_star[:, None], 0.0, rng.normal(0.0, 0.26, (n, 2)))
+    e_int = np.where(is_star[:, None], 0.0, rng.normal(0.0, 1.0, (n, 2)) * spec.shape_noise)
     e_abs = np.hypot(e_int[:, 0], e_int[:, 1])
     too_big = e_abs > 0.9
     e_int[too_big] *= (0.9 / e_abs[too_big])[:, None]
+    if spec.intrinsic_rotation_deg:  # an orientation turned by θ turns e by 2θ
+        turn = np.exp(2j * np.radians(spec.intrinsic_rotation_deg))
+        rotated = (e_int[:, 0] + 1j * e_int[:, 1]) * turn
+        e_int = np.stack([rotated.real, rotated.imag], axis=1)
     e_abs = np.hypot(e_int[:, 0], e_int[:, 1])
     g1, g2 = plan.shear_at(ra, dec)
     spurious_prob = rng.beta(0.3, 8.0, n).astype(np.float32)

@@ -224,6 +224,7 @@ def _rendered(
         rdnoise_e=float(kw["RDNOISE"][0]),
         sky_adu=_sky_level_adu(e),
         rng=rng,
+        pixel_noise=plan.spec.pixel_noise,
     )
 
 

@@ -119,3 +119,36 @@ def test_cli(tmp_path: Path) -> None:
 def test_unknown_pixel_quadrant_rejected() -> None:
     with pytest.raises(ValidationError, match="unknown quadrant"):
         FieldSpec(pixel_quadrants=("7-1.E",))
+
+
+def test_calibration_fields_constant_shear_round_galaxies_no_noise(tmp_path: Path) -> None:
+    """A calibration field: one shear everywhere, zero intrinsic ellipticity and no pixel
+    noise; the rotated partner of a pair turns every intrinsic ellipticity by 2 x 90 deg."""
+    from constellation.simulate.field import ShearField
+
+    shear = ShearField(amplitude=0.0, g1_constant=0.02, g2_constant=-0.01)
+    calib = FieldSpec(shear=shear, shape_noise=0.0, **SMALL)
+    truth = draw_sources(plan_field(calib)).truth
+    np.testing.assert_array_equal(truth["g1"], 0.02)
+    np.testing.assert_array_equal(truth["g2"], -0.01)
+    assert not np.any(truth["e1_intrinsic"])
+    assert not np.any(truth["e2_intrinsic"])
+    base = draw_sources(plan_field(FieldSpec(**SMALL))).truth
+    turned = draw_sources(plan_field(FieldSpec(intrinsic_rotation_deg=90.0, **SMALL))).truth
+    gal = ~base["is_star"]
+    assert np.std(base["e1_intrinsic"][gal]) == pytest.approx(0.26, rel=0.1)
+    np.testing.assert_allclose(turned["e1_intrinsic"], -base["e1_intrinsic"], atol=1e-12)
+    np.testing.assert_allclose(turned["e2_intrinsic"], -base["e2_intrinsic"], atol=1e-12)
+    with pytest.raises(ValidationError, match=r"below 0\.5"):
+        ShearField(amplitude=0.2, g1_constant=0.2, g2_constant=0.2)
+    # no pixel noise: the rendered quadrant is sky + galaxies exactly, with its RMS kept
+    spec = FieldSpec(mode="pixels", pixel_noise=False, shear=shear, shape_noise=0.0, **SMALL)
+    simulate_field(spec, Storage(), str(tmp_path))
+    det = sorted(tmp_path.glob("q1/VIS/*/EUC_VIS_SWL-DET-*-00-1-*.fits"))[0]
+    with fits.open(det, memmap=True) as hdul:
+        sci = hdul["3-4.F.SCI"].data.astype(np.float64)
+        rms = hdul["3-4.F.RMS"].data.astype(np.float64)
+    assert float(np.median(rms)) > 1.0
+    # the sky is a plane: without noise its second differences vanish where no source is
+    smooth = np.abs(np.diff(sci, n=2, axis=1)) < 1e-2
+    assert smooth.mean() > 0.5
