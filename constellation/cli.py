@@ -16,6 +16,7 @@ from constellation import __version__
 from constellation.commands import config as config_commands
 from constellation.commands import maintain, tiles
 from constellation.commands._common import EXIT_CONFIG_ERROR, CliState, fail
+from constellation.commands.calibrate import calibrate
 from constellation.commands.catalog import assemble, report, validate
 from constellation.commands.index import index
 from constellation.commands.infer import infer
@@ -64,6 +65,7 @@ app.command("report")(report)
 app.command("run")(run)
 app.command("reprocess")(reprocess)
 app.command("demo")(demo)
+app.command("calibrate")(calibrate)
 
 
 def _print_version(value: bool) -> None:

@@ -15,11 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["Calibration", "ComponentBias", "fit_calibration"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from constellation.simulate.truth import TruthField
+
+__all__ = ["Calibration", "ComponentBias", "fit_calibration", "subtile_shears"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +81,22 @@ def _line(x: NDArray[np.float64], y: NDArray[np.float64]) -> tuple[float, float]
 
 
 def fit_calibration(
-    injected: ArrayLike, recovered: ArrayLike, *, n_boot: int = 1000, seed: int = 0
+    injected: ArrayLike,
+    recovered: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> Calibration:
     """Fit ``m`` and ``c`` per component.
 
     ``injected`` and ``recovered`` are ``(n, 2)`` arrays of (g1, g2), one row per
     sub-tile. Each component's injected values must take at least two values (several
     calibration fields, or a field with a shear pattern); else its ``m`` is NaN. Errors
-    are the standard deviation of ``n_boot`` bootstrap fits over the rows.
+    are the standard deviation of ``n_boot`` bootstrap fits. ``groups`` (one label per
+    row) makes the bootstrap draw whole groups: the same sub-tile in every calibration
+    field shares its galaxies (and their noise), so its rows are drawn together;
+    without it each row is drawn on its own.
     """
     inj = np.asarray(injected, dtype=np.float64)
     rec = np.asarray(recovered, dtype=np.float64)
@@ -90,13 +104,19 @@ def fit_calibration(
         raise ValueError(
             f"injected and recovered must both be (n, 2) arrays, got {inj.shape} and {rec.shape}"
         )
+    labels = np.arange(inj.shape[0]) if groups is None else np.asarray(groups)
+    if labels.shape != (inj.shape[0],):
+        raise ValueError(f"groups must have one label per row, got shape {labels.shape}")
     keep = np.isfinite(inj).all(axis=1) & np.isfinite(rec).all(axis=1)
-    inj, rec = inj[keep], rec[keep]
+    inj, rec, labels = inj[keep], rec[keep], labels[keep]
     n = int(inj.shape[0])
     if n < 2:
         raise ValueError(f"need at least 2 sub-tiles with finite shears to calibrate, got {n}")
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_boot, n))
+    _, group_of = np.unique(labels, return_inverse=True)
+    members = [np.flatnonzero(group_of == g) for g in range(int(group_of.max()) + 1)]
+    picks = rng.integers(0, len(members), size=(n_boot, len(members)))
+    draws = [np.concatenate([members[g] for g in row]) for row in picks]
     comps = []
     for i in range(2):
         m, c = _line(inj[:, i], rec[:, i])
@@ -109,3 +129,27 @@ def fit_calibration(
         )
         comps.append(ComponentBias(m=m, m_err=m_err, c=c, c_err=c_err))
     return Calibration(g1=comps[0], g2=comps[1], n=n, n_boot=n_boot)
+
+
+def subtile_shears(
+    subtiles: pa.Table, truth: TruthField
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
+    """``(injected, recovered, keys)`` for the ``ok`` rows of a ``subtiles`` table (Arrow,
+    as the catalog returns it): ``(n, 2)`` arrays of the mean recovered shear of each
+    sub-tile against the shear ``truth`` (:class:`~constellation.simulate.truth.TruthField`)
+    injected at its centre, and each row's sub-tile as ``tile_id * 10000 + row * 100 + col``."""
+    ok: NDArray[np.bool_] = np.asarray(subtiles.column("status").to_pylist()) == "ok"
+
+    def col(name: str) -> NDArray[np.float64]:
+        values = np.asarray(subtiles.column(name).to_numpy(zero_copy_only=False), np.float64)
+        return np.asarray(values[ok], np.float64)
+
+    t1, t2 = truth.shear_at(col("ra"), col("dec"))
+    injected = np.stack([np.asarray(t1, np.float64), np.asarray(t2, np.float64)], axis=1)
+    recovered = np.stack([col("g1"), col("g2")], axis=1)
+    keys = (
+        col("tile_id").astype(np.int64) * 10_000
+        + col("subtile_row").astype(np.int64) * 100
+        + col("subtile_col").astype(np.int64)
+    )
+    return injected, recovered, keys

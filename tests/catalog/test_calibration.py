@@ -69,3 +69,23 @@ def test_bad_input_is_refused_and_a_constant_component_has_no_m() -> None:
     cal = fit_calibration(inj, inj, n_boot=20)
     assert math.isnan(cal.g2.m)  # one injected g2 value: no slope to fit
     assert cal.g1.m == pytest.approx(0.0, abs=1e-12)
+
+
+def test_groups_draw_the_same_subtile_of_every_field_together() -> None:
+    """Five fields of the same 30 sub-tiles, each sub-tile with one noise of its own in
+    every field: the slope carries no noise at all, and only a bootstrap over whole
+    sub-tiles says so (drawing rows alone breaks the pairing and inflates the errors)."""
+    rng = np.random.default_rng(2)
+    shears = np.array([[-0.02, 0.0], [0.0, 0.0], [0.02, 0.0], [0.0, -0.02], [0.0, 0.02]])
+    noise = rng.normal(0.0, 0.01, (30, 2))
+    inj = np.repeat(shears, 30, axis=0)
+    rec = inj + np.tile(noise, (5, 1))
+    keys = np.tile(np.arange(30), 5)
+    paired = fit_calibration(inj, rec, groups=keys, n_boot=200)
+    rows = fit_calibration(inj, rec, n_boot=200)
+    assert paired.abs_m_max < 1e-12
+    assert paired.g1.m_err < 1e-9
+    assert rows.g1.m_err > 0.05
+    assert paired.g1.c_err == pytest.approx(0.01 / np.sqrt(30), rel=0.35)
+    with pytest.raises(ValueError, match="one label per row"):
+        fit_calibration(inj, rec, groups=keys[:-1])

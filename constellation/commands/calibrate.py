@@ -1,0 +1,97 @@
+"""``constellation calibrate``: measure the shear bias (m, c) of a backend on calibration fields."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state
+
+
+def _values(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated shears, got {text!r}") from None
+    if len(set(values)) < 2 or any(abs(v) >= 0.2 for v in values):
+        raise typer.BadParameter("give at least two different shears, each |g| < 0.2")
+    return values
+
+
+def calibrate(
+    ctx: typer.Context,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for the fields, their catalogs and the report."),
+    ] = Path("constellation-calibration"),
+    shears: Annotated[
+        str, typer.Option(help="Injected constant shears per component, comma-separated.")
+    ] = "-0.02,0,0.02",
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", "-b", help="shine or mock (default: science.backend.name)."),
+    ] = None,
+    density: Annotated[float, typer.Option(help="Catalog sources per arcmin².")] = 3.0,
+    shape_noise: Annotated[
+        float, typer.Option(help="Intrinsic ellipticity rms per component (0: round galaxies).")
+    ] = 0.0,
+    pixel_noise: Annotated[
+        bool, typer.Option("--pixel-noise/--no-pixel-noise", help="Noise in rendered pixels.")
+    ] = False,
+    mode: Annotated[
+        str, typer.Option(help="Pixel mode of the fields: light (mock) or pixels (SHINE).")
+    ] = "light",
+    seed: Annotated[int, typer.Option(help="Random seed of the fields.")] = 7,
+) -> None:
+    """Simulate one-tile fields of constant shear, run them through prepare, infer and
+    assemble with the configured backend, fit m and c per component (bootstrap errors
+    over sub-tiles), write the report and add a row to the calibration table
+    (OUT/calibrations.parquet). Rerunning resumes."""
+    from constellation.io.storage import Storage
+    from constellation.simulate import FieldSpec
+    from constellation.stages.calibrate import (
+        append_calibration,
+        calibration_row,
+        calibration_shears,
+        run_calibration,
+        write_calibration_report,
+    )
+
+    if backend is not None and backend not in ("shine", "mock"):
+        fail(f"unknown backend {backend!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
+    settings = get_state(ctx).settings
+    if backend is not None:
+        science = settings.science.model_copy(
+            update={"backend": settings.science.backend.model_copy(update={"name": backend})}
+        )
+        settings = settings.model_copy(update={"science": science})
+    spec = FieldSpec(
+        n_tiles_ra=1, n_tiles_dec=1, density_per_arcmin2=density, mode=mode,
+        shape_noise=shape_noise, pixel_noise=pixel_noise, seed=seed,
+    )  # fmt: skip
+    root = out.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    storage = Storage()
+    run_id = f"calibration-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    t0 = time.perf_counter()
+
+    def echo(line: str) -> None:
+        typer.echo(line, err=True)
+
+    run = run_calibration(
+        str(root), spec, settings, shears=calibration_shears(_values(shears)),
+        storage=storage, run_id=run_id, progress=echo,
+    )  # fmt: skip
+    row = calibration_row(run, settings, run_id)
+    png, md = write_calibration_report(run, row, storage, str(root))
+    rows = append_calibration(storage, str(root / "calibrations.parquet"), row)
+    for name, value in run.calibration.figures().items():
+        typer.echo(f"{name}={value:.6g}")
+    typer.echo(
+        f"backend {row['backend']}, config {row['config_hash']}, "
+        f"{time.perf_counter() - t0:.1f} s; report {md}; figure {png}; "
+        f"calibration table {root / 'calibrations.parquet'} ({rows} runs)"
+    )
