@@ -121,7 +121,7 @@ def test_unknown_pixel_quadrant_rejected() -> None:
         FieldSpec(pixel_quadrants=("7-1.E",))
 
 
-def test_calibration_fields_constant_shear_round_galaxies_no_noise(tmp_path: Path) -> None:
+def test_calibration_fields_constant_shear_round_galaxies_no_noise() -> None:
     """A calibration field: one shear everywhere, zero intrinsic ellipticity and no pixel
     noise; the rotated partner of a pair turns every intrinsic ellipticity by 2 x 90 deg."""
     from constellation.simulate.field import ShearField
@@ -141,14 +141,42 @@ def test_calibration_fields_constant_shear_round_galaxies_no_noise(tmp_path: Pat
     np.testing.assert_allclose(turned["e2_intrinsic"], -base["e2_intrinsic"], atol=1e-12)
     with pytest.raises(ValidationError, match=r"below 0\.5"):
         ShearField(amplitude=0.2, g1_constant=0.2, g2_constant=0.2)
-    # no pixel noise: the rendered quadrant is sky + galaxies exactly, with its RMS kept
-    spec = FieldSpec(mode="pixels", pixel_noise=False, shear=shear, shape_noise=0.0, **SMALL)
-    simulate_field(spec, Storage(), str(tmp_path))
-    det = sorted(tmp_path.glob("q1/VIS/*/EUC_VIS_SWL-DET-*-00-1-*.fits"))[0]
-    with fits.open(det, memmap=True) as hdul:
-        sci = hdul["3-4.F.SCI"].data.astype(np.float64)
-        rms = hdul["3-4.F.RMS"].data.astype(np.float64)
-    assert float(np.median(rms)) > 1.0
-    # the sky is a plane: without noise its second differences vanish where no source is
-    smooth = np.abs(np.diff(sci, n=2, axis=1)) < 1e-2
-    assert smooth.mean() > 0.5
+
+
+def test_pixel_noise_off_renders_sky_and_galaxies_exactly() -> None:
+    """Without pixel noise a rendered quadrant is sky + galaxies (its RMS still says what
+    the noise would be); with it, the same sources differ by that noise."""
+    from astropy.wcs import WCS
+
+    from constellation.simulate.psf import psf_grid
+    from constellation.simulate.render import RenderSources, render_quadrant
+
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [52.93, -28.09]
+    w.wcs.crpix = [64.5, 64.5]
+    w.wcs.cd = [[-0.1 / 3600, 0.0], [0.0, 0.1 / 3600]]
+    header = w.to_header()
+    header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, 128, 128
+    one = np.ones(1)
+    sources = RenderSources(
+        ra=one * 52.93, dec=one * -28.09, flux_ujy=one * 5.0, hlr_arcsec=one * 0.4,
+        e1=one * 0.0, e2=one * 0.0, g1=one * 0.02, g2=one * 0.0, is_star=np.zeros(1, bool),
+    )  # fmt: skip
+    psf = psf_grid(np.random.default_rng(0))
+
+    def render(noise: bool) -> dict[str, np.ndarray]:
+        return render_quadrant(
+            header, psf, sources, zeropoint=25.0, exptime_s=560.0, gain=3.5, rdnoise_e=4.0,
+            sky_adu=450.0, rng=np.random.default_rng(1), pixel_noise=noise,
+        )  # fmt: skip
+
+    quiet, noisy = render(False), render(True)
+    sci = quiet["SCI"].astype(np.float64)
+    assert float(np.median(quiet["RMS"])) > 1.0
+    assert sci.max() > 450.0 + 10 * float(np.median(quiet["RMS"]))  # the galaxy is there
+    # the sky is a plane: without noise its second differences vanish away from the galaxy
+    assert np.abs(np.diff(sci[:20], n=2, axis=1)).max() < 1e-2
+    np.testing.assert_array_equal(quiet["RMS"], noisy["RMS"])
+    resid = (noisy["SCI"] - quiet["SCI"]) / quiet["RMS"]
+    assert float(np.std(resid)) == pytest.approx(1.0, rel=0.05)
