@@ -70,9 +70,14 @@ class TemporaryServer:
             stderr=subprocess.STDOUT,
         )
 
-    def wait(self, timeout_s: float) -> None:
+    def wait(self, timeout_s: float | None = None) -> None:
         """Return once the server answers its health check; raise RuntimeError (with
-        the end of its log) if it exits or does not answer within ``timeout_s``."""
+        the end of its log) if it exits or does not answer within ``timeout_s``
+        (default: ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS``, else 120 s)."""
+        if timeout_s is None:
+            timeout_s = float(
+                os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 120)
+            )
         deadline = time.monotonic() + timeout_s
         while True:
             if self._process is None or self._process.poll() is not None:

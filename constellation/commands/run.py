@@ -164,9 +164,7 @@ def run_pipeline_flow(
                     url = server.url if server else prefect_api_url()
                     stack.enter_context(ray_session(settings, url))
                 if server is not None:
-                    server.wait(
-                        float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
-                    )
+                    server.wait()
                 end = run_here(
                     config,
                     tiles=tiles,
@@ -264,9 +262,7 @@ def reprocess(
         try:
             with prefect_api() as server:
                 if server is not None:
-                    server.wait(
-                        float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"])
-                    )
+                    server.wait()
                 end = reprocess_field(
                     config=str(state.config_path) if state.config_path else None,
                     tiles=tile,
