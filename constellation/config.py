@@ -315,6 +315,14 @@ class ShineBackendConfig(_Section):
     check_every: int = Field(
         default=5, ge=1, description="Iterations between two convergence checks."
     )
+    psf_without_pixel: bool = Field(
+        default=False,
+        description=(
+            "Divide the pixel's response out of each PSF stamp before SHINE draws it: VIS "
+            "stamps are pixel-integrated (effective) PSFs and SHINE convolves with the pixel "
+            "again (docs/shine.md, 'Double pixel convolution')."
+        ),
+    )
     canvas_side: int = Field(
         default=1024,
         ge=0,

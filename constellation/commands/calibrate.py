@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,6 +44,18 @@ def calibrate(
     mode: Annotated[
         str, typer.Option(help="Pixel mode of the fields: light (mock) or pixels (SHINE).")
     ] = "light",
+    renderer: Annotated[
+        str,
+        typer.Option(help="pixels mode: builtin, or galsim (accurate; needs GalSim, with SHINE)."),
+    ] = "builtin",
+    pixel_quadrant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--pixel-quadrant",
+            metavar="QUADRANT",
+            help="pixels mode: a quadrant rendered with galaxies (repeatable; default 3-4.F).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed of the fields.")] = 7,
 ) -> None:
     """Simulate one-tile fields of constant shear, run them through prepare, infer and
@@ -52,13 +64,7 @@ def calibrate(
     (OUT/calibrations.parquet). Rerunning resumes."""
     from constellation.io.storage import Storage
     from constellation.simulate import FieldSpec
-    from constellation.stages.calibrate import (
-        append_calibration,
-        calibration_row,
-        calibration_shears,
-        run_calibration,
-        write_calibration_report,
-    )
+    from constellation.stages.calibrate import calibration_shears, record_calibration
 
     if backend is not None and backend not in ("shine", "mock"):
         fail(f"unknown backend {backend!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
@@ -68,10 +74,17 @@ def calibrate(
             update={"backend": settings.science.backend.model_copy(update={"name": backend})}
         )
         settings = settings.model_copy(update={"science": science})
-    spec = FieldSpec(
-        n_tiles_ra=1, n_tiles_dec=1, density_per_arcmin2=density, mode=mode,
-        shape_noise=shape_noise, pixel_noise=pixel_noise, seed=seed,
-    )  # fmt: skip
+    try:
+        spec = FieldSpec(
+            n_tiles_ra=1, n_tiles_dec=1, density_per_arcmin2=density, mode=mode,
+            shape_noise=shape_noise, pixel_noise=pixel_noise, renderer=renderer, seed=seed,
+            **({"pixel_quadrants": tuple(pixel_quadrant)} if pixel_quadrant else {}),
+        )  # fmt: skip
+    except ValueError as exc:  # pydantic's ValidationError: one line per bad option
+        errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
+        what = "; ".join(f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}"
+                         for e in errors) or str(exc)  # fmt: skip
+        fail(f"invalid calibration field: {what}", EXIT_CONFIG_ERROR)
     root = out.resolve()
     root.mkdir(parents=True, exist_ok=True)
     storage = Storage()
@@ -81,17 +94,19 @@ def calibrate(
     def echo(line: str) -> None:
         typer.echo(line, err=True)
 
-    run = run_calibration(
-        str(root), spec, settings, shears=calibration_shears(_values(shears)),
-        storage=storage, run_id=run_id, progress=echo,
-    )  # fmt: skip
-    row = calibration_row(run, settings, run_id)
-    png, md = write_calibration_report(run, row, storage, str(root))
-    rows = append_calibration(storage, str(root / "calibrations.parquet"), row)
-    for name, value in run.calibration.figures().items():
+    from constellation.simulate.galsim_render import GalSimUnavailableError
+
+    try:
+        record = record_calibration(
+            str(root), settings, spec, calibration_shears(_values(shears)),
+            storage=storage, run_id=run_id, progress=echo,
+        )  # fmt: skip
+    except GalSimUnavailableError as exc:
+        fail(str(exc), EXIT_CONFIG_ERROR)
+    for name, value in record.run.calibration.figures().items():
         typer.echo(f"{name}={value:.6g}")
     typer.echo(
-        f"backend {row['backend']}, config {row['config_hash']}, "
-        f"{time.perf_counter() - t0:.1f} s; report {md}; figure {png}; "
-        f"calibration table {root / 'calibrations.parquet'} ({rows} runs)"
+        f"backend {record.row['backend']}, config {record.row['config_hash']}, "
+        f"{time.perf_counter() - t0:.1f} s; report {record.report}; figure {record.figure}; "
+        f"calibration table {record.table} ({record.table_rows} runs)"
     )

@@ -125,6 +125,12 @@ class FieldSpec(BaseModel):
         "partner of a shape-noise-cancelling pair of fields).",
     )
     pixel_noise: bool = Field(True, description="Add Gaussian pixel noise to rendered pixels.")
+    renderer: Literal["builtin", "galsim"] = Field(
+        "builtin",
+        description="pixels mode: 'builtin' (numpy; PSF sampled at pixel centres) or 'galsim' "
+        "(GalSim, continuous convolution and pixel-integrated PSF stamps, as PSFEx's; needs "
+        "GalSim, which comes with SHINE).",
+    )
     first_obs_id: int = Field(2681, ge=0, le=999_999, description="Id of the first observation.")
     seed: int = Field(42, ge=0, description="Random seed.")
 

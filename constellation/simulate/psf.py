@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["GRID", "STAMP", "psf_grid", "psf_stamp"]
+__all__ = ["GRID", "STAMP", "psf_grid", "psf_parameters", "psf_stamp"]
 
 STAMP = 21
 GRID = 9
@@ -38,15 +38,35 @@ def psf_stamp(
     return np.asarray(img / img.sum() * 0.95, dtype=np.float64)
 
 
-def psf_grid(rng: np.random.Generator) -> NDArray[np.float32]:
-    """A quadrant's 189 x 189 PSF image with smooth variation across its 9 x 9 grid."""
+def psf_parameters(rng: np.random.Generator) -> NDArray[np.float64]:
+    """FWHM (px), e1 and e2 of each stamp of a quadrant's 9 x 9 grid, shape (9, 9, 3):
+    smooth variation across the quadrant."""
     a = rng.normal(0, 1, 6)
-    out = np.empty((GRID * STAMP, GRID * STAMP), dtype=np.float32)
+    out = np.empty((GRID, GRID, 3))
     for j in range(GRID):
         for i in range(GRID):
             u, v = (i - 4) / 4.0, (j - 4) / 4.0
             fwhm = 1.6 * (1 + 0.04 * a[0] * u + 0.04 * a[1] * v + 0.03 * (u * u + v * v))
             e1 = 0.02 * a[2] + 0.015 * a[3] * u
             e2 = 0.02 * a[4] + 0.015 * a[5] * v
-            out[j * STAMP : (j + 1) * STAMP, i * STAMP : (i + 1) * STAMP] = psf_stamp(fwhm, e1, e2)
+            out[j, i] = (fwhm, e1, e2)
+    return out
+
+
+def psf_grid(rng: np.random.Generator, renderer: str = "builtin") -> NDArray[np.float32]:
+    """A quadrant's 189 x 189 PSF image with smooth variation across its 9 x 9 grid.
+
+    ``builtin``: each stamp samples the profile at pixel centres (:func:`psf_stamp`);
+    ``galsim``: each stamp is GalSim's pixel-integrated image of the same profile (an
+    effective PSF, like PSFEx's), see :mod:`constellation.simulate.galsim_render`.
+    """
+    params = psf_parameters(rng)
+    if renderer == "galsim":
+        from constellation.simulate.galsim_render import psf_stamp_galsim as stamp
+    else:
+        stamp = psf_stamp
+    out = np.empty((GRID * STAMP, GRID * STAMP), dtype=np.float32)
+    for j in range(GRID):
+        for i in range(GRID):
+            out[j * STAMP : (j + 1) * STAMP, i * STAMP : (i + 1) * STAMP] = stamp(*params[j, i])
     return out

@@ -91,9 +91,19 @@ def render_quadrant(
     sky_adu: float,
     rng: np.random.Generator,
     pixel_noise: bool = True,
+    renderer: str = "builtin",
+    psf_params: NDArray[np.float64] | None = None,
 ) -> dict[str, NDArray[np.float32] | NDArray[np.int32]]:
     """SCI, RMS, FLG, BKG and WGT arrays of one quadrant of one exposure (without the
-    noise draw when ``pixel_noise`` is false: RMS still says what the noise would be)."""
+    noise draw when ``pixel_noise`` is false: RMS still says what the noise would be).
+
+    ``renderer="galsim"`` draws every source with GalSim through the continuous PSF
+    profiles ``psf_params`` (the grid's (fwhm_px, e1, e2), shape (9, 9, 3)) instead of
+    convolving with the stamps of ``psf_image``."""
+    if renderer == "galsim" and psf_params is None:
+        raise ValueError("renderer 'galsim' needs psf_params")
+    if renderer == "galsim":
+        from constellation.simulate.galsim_render import galaxy_stamp_galsim, star_stamp_galsim
     wcs = WCS(header)
     ny, nx = int(wcs.pixel_shape[1]), int(wcs.pixel_shape[0])
     x, y = wcs.all_world2pix(sources.ra, sources.dec, 0, quiet=True)
@@ -109,7 +119,20 @@ def render_quadrant(
         psf = stamps[gy, gx]
         ix, iy = int(np.floor(x[i] + 0.5)), int(np.floor(y[i] + 0.5))
         frac = (float(x[i] - ix), float(y[i] - iy))
-        if sources.is_star[i]:
+        if renderer == "galsim":
+            assert psf_params is not None
+            cell = (float(psf_params[gy, gx, 0]), float(psf_params[gy, gx, 1]),
+                    float(psf_params[gy, gx, 2]))  # fmt: skip
+            if sources.is_star[i]:
+                size = STAMP
+                img = star_stamp_galsim(size, frac, cell)
+            else:
+                hlr = float(sources.hlr_arcsec[i])
+                size = int(min(64, max(STAMP, 2 * np.ceil(6 * hlr / 0.1) + 1)))
+                size += 1 - size % 2
+                ell = _sheared(sources.e1[i], sources.e2[i], sources.g1[i], sources.g2[i])
+                img = galaxy_stamp_galsim(hlr, ell, jac, size, frac, cell)
+        elif sources.is_star[i]:
             img = psf / psf.sum() * 0.95
             size = STAMP
         else:

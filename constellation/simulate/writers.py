@@ -34,7 +34,7 @@ from constellation.simulate.fitsbytes import (
     header_only,
     write_sparse,
 )
-from constellation.simulate.psf import psf_grid
+from constellation.simulate.psf import psf_grid, psf_parameters
 from constellation.simulate.render import RenderSources, render_quadrant
 from constellation.simulate.sources import CATALOG_COLUMNS, SourceSet
 from constellation.sky import Tile, sky_to_plane
@@ -214,9 +214,10 @@ def _rendered(
         is_star=t["is_star"][near],
     )
     index = focal_plane.QUADRANT_IDS.index(qid)
+    renderer = plan.spec.renderer
     return render_quadrant(
         wcs_header,
-        psf_grid(np.random.default_rng([plan.spec.seed, 5, index])),
+        psf_grid(np.random.default_rng([plan.spec.seed, 5, index]), renderer),
         sel,
         zeropoint=float(kw["MAGZEROP"][0]),
         exptime_s=e.exptime_s,
@@ -225,6 +226,8 @@ def _rendered(
         sky_adu=_sky_level_adu(e),
         rng=rng,
         pixel_noise=plan.spec.pixel_noise,
+        renderer=renderer,
+        psf_params=psf_parameters(np.random.default_rng([plan.spec.seed, 5, index])),
     )
 
 
@@ -274,7 +277,7 @@ def _exposure_hdus(
 def _psf_hdus(plan: FieldPlan) -> Iterator[HduSpec]:
     yield HduSpec(_primary_header(None, {"FILETYPE": "PSF", "PSFSTAMP": 21, "PSFGRID": 9}))
     for i, qid in enumerate(focal_plane.QUADRANT_IDS):
-        grid = psf_grid(np.random.default_rng([plan.spec.seed, 5, i]))
+        grid = psf_grid(np.random.default_rng([plan.spec.seed, 5, i]), plan.spec.renderer)
         h = fits.Header()
         h["XTENSION"] = "IMAGE"
         h["BITPIX"] = -32

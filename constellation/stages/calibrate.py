@@ -30,11 +30,13 @@ from constellation.simulate import FieldSpec
 
 __all__ = [
     "CALIBRATION_COLUMNS",
+    "CalibrationRecord",
     "CalibrationRun",
     "append_calibration",
     "calibration_row",
     "calibration_shears",
     "field_settings",
+    "record_calibration",
     "run_calibration",
     "write_calibration_report",
 ]
@@ -115,12 +117,15 @@ def run_calibration(
     run_id: str = "calibration",
     n_boot: int = 1000,
     progress: Callable[[str], None] | None = None,
+    work_root: str | None = None,
 ) -> CalibrationRun:
     """Run the calibration fields under ``root`` (see the module docstring) and fit m, c.
 
     ``base_spec`` sets everything but the shear (use ``shape_noise=0`` and
     ``pixel_noise=False`` for a noise-free run); ``base_settings`` everything but the
-    storage roots (the backend included).
+    storage roots (the backend included). ``work_root``: the fields' work folders go
+    there instead (``{work_root}/field-{i}/work``), so that two configurations can be
+    compared on the same simulated fields.
     """
     from constellation.simulate.field import ShearField
 
@@ -132,8 +137,9 @@ def run_calibration(
         shear = ShearField(amplitude=0.0, g1_constant=g1, g2_constant=g2)
         spec = base_spec.model_copy(update={"shear": shear})
         folder = layout.join(root, f"field-{i}")
+        work_folder = layout.join(work_root, f"field-{i}") if work_root else folder
         settings = field_settings(
-            base_settings, layout.join(folder, "input"), layout.join(folder, "work")
+            base_settings, layout.join(folder, "input"), layout.join(work_folder, "work")
         )
         inj, rec, key, n_skipped = _run_field(spec, settings, store, run_id)
         injected.append(inj)
@@ -257,3 +263,39 @@ def write_calibration_report(
     md = layout.join(out, "calibration.md")
     storage.write_bytes(md, "\n".join(lines).encode("utf-8"))
     return png, md
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """A recorded calibration run: the run, its table row and where its outputs are."""
+
+    run: CalibrationRun
+    row: dict[str, object]
+    report: str  # calibration.md
+    figure: str  # calibration.png
+    table: str  # calibrations.parquet
+    table_rows: int
+
+
+def record_calibration(
+    root: str,
+    settings: Settings,
+    spec: FieldSpec,
+    shears: Sequence[tuple[float, float]],
+    *,
+    run_id: str,
+    storage: Storage | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CalibrationRecord:
+    """What ``constellation calibrate`` and the ``shear-calibration`` flow do: the fields
+    under ``root`` (:func:`run_calibration`), the report (``calibration.md`` and
+    ``.png``) and a new row of ``calibrations.parquet``, all in ``root``."""
+    store = storage or Storage()
+    run = run_calibration(
+        root, spec, settings, shears=shears, storage=store, run_id=run_id, progress=progress
+    )
+    row = calibration_row(run, settings, run_id)
+    png, md = write_calibration_report(run, row, store, root)
+    table = layout.join(root, "calibrations.parquet")
+    rows = append_calibration(store, table, row)
+    return CalibrationRecord(run, row, md, png, table, rows)

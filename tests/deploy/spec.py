@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "CALIBRATION_FLOW",
     "CPU_POOL",
     "FLOWS",
     "MAINTENANCE_FLOW",
@@ -99,11 +100,31 @@ FLOWS = (
         ),
         CPU_POOL,
     ),
+    FlowSpec(
+        "flows/calibration.py:shear_calibration",
+        "shear-calibration",
+        (
+            "config",
+            "out",
+            "shears",
+            "backend",
+            "density",
+            "shape_noise",
+            "pixel_noise",
+            "mode",
+            "renderer",
+            "quadrants",
+            "seed",
+        ),
+        CPU_POOL,
+    ),
 )
 SCHEDULED_FLOW = "reprocess-field"
 """The flow of the scheduled (cron) field-reprocessing deployment."""
 MAINTENANCE_FLOW = "catalog-maintenance"
 """The flow of the scheduled (weekly) catalog-maintenance deployment."""
+CALIBRATION_FLOW = "shear-calibration"
+"""The flow of the scheduled (monthly) shear-calibration deployment."""
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.deploy.spec import (
+    CALIBRATION_FLOW,
     FLOWS,
     MAINTENANCE_FLOW,
     POOL_TYPES,
@@ -253,11 +254,13 @@ def test_deployments_match_prefect_yaml(deployed: dict[str, dict[str, Any]]) -> 
             assert got["concurrency"] == (limit["limit"], limit["collision_strategy"]), key
 
 
-def test_reprocessing_and_maintenance_are_scheduled(
+def test_reprocessing_maintenance_and_calibration_are_scheduled(
     deployed: dict[str, dict[str, Any]],
 ) -> None:
     scheduled = {k: v for k, v in deployed.items() if v["schedules"]}
-    assert sorted(k.split("/")[0] for k in scheduled) == sorted([MAINTENANCE_FLOW, SCHEDULED_FLOW])
+    assert sorted(k.split("/")[0] for k in scheduled) == sorted(
+        [MAINTENANCE_FLOW, SCHEDULED_FLOW, CALIBRATION_FLOW]
+    )
     for key, got in scheduled.items():
         dep = _expected()[key]
         want = sorted(

@@ -16,6 +16,7 @@ import pytest
 
 from constellation.config import load_config
 from tests.deploy.spec import (
+    CALIBRATION_FLOW,
     FLOWS,
     MAINTENANCE_FLOW,
     POOL_TYPES,
@@ -114,12 +115,12 @@ def _cron(schedule: dict[str, Any]) -> Any:
     return cron
 
 
-def test_only_reprocessing_and_maintenance_are_scheduled(
+def test_only_reprocessing_maintenance_and_calibration_are_scheduled(
     deployments: list[dict[str, Any]],
 ) -> None:
     scheduled = {BY_ENTRYPOINT[d["entrypoint"]].name: d for d in deployments if d.get("schedules")}
-    assert sorted(scheduled) == sorted([SCHEDULED_FLOW, MAINTENANCE_FLOW]), (
-        "exactly two scheduled deployments: field reprocessing and catalog maintenance"
+    assert sorted(scheduled) == sorted([SCHEDULED_FLOW, MAINTENANCE_FLOW, CALIBRATION_FLOW]), (
+        "three scheduled deployments: field reprocessing, catalog maintenance, calibration"
     )
     dep = scheduled[SCHEDULED_FLOW]
     slugs = [s.get("slug") for s in dep["schedules"]]
@@ -149,6 +150,21 @@ def test_maintenance_runs_weekly_one_at_a_time(deployments: list[dict[str, Any]]
     assert hour.isdigit()
     assert dep["parameters"].get("config"), "the maintained catalog comes from a config file"
     assert dep["parameters"].get("dry_run") is False
+    assert dep["concurrency_limit"]["limit"] == 1
+
+
+def test_calibration_runs_monthly_on_its_configuration(
+    deployments: list[dict[str, Any]],
+) -> None:
+    [dep] = [d for d in deployments if BY_ENTRYPOINT[d["entrypoint"]].name == CALIBRATION_FLOW]
+    [schedule] = dep["schedules"]
+    _minute, _hour, day_of_month, month, day_of_week = _cron(schedule).cron.split()
+    assert (day_of_month, month, day_of_week) == ("1", "*", "*"), "once a month"
+    params = dep["parameters"]
+    settings = load_config(REPO_ROOT / params["config"])
+    assert settings.science.backend.name == "shine"
+    assert (params["mode"], params["renderer"]) == ("pixels", "galsim")
+    assert params["quadrants"], "a pixels field renders some quadrants"
     assert dep["concurrency_limit"]["limit"] == 1
 
 

@@ -43,3 +43,47 @@ def test_lbfgs_shortens_steps_into_a_region_where_the_loss_is_undefined() -> Non
     assert any(c >= 1 for c in calls)  # it did try beyond the edge
     assert all(x[0] < 1 for x, _ in path)
     assert path[-1][0][0] > 0.99
+
+
+def test_lbfgs_follows_the_gradient_where_the_loss_is_flat_to_its_precision() -> None:
+    """A float32 loss whose changes near the minimum are below its precision (a large
+    constant plus a small bowl) still has an exact gradient: the line search accepts
+    steps that the slope along the line shows to be towards the minimum, and L-BFGS
+    gets there instead of stopping at the start."""
+    centre = np.array([0.3, -0.2, 0.05])
+
+    def loss(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+        bowl = 1e-4 * float(((x - centre) ** 2).sum())
+        return float(np.float32(1000.0 + bowl)), 2e-4 * (x - centre)
+
+    assert loss(np.zeros(3))[0] == loss(centre)[0]  # flat to float32 precision
+    path = list(lbfgs(loss, np.zeros(3), max_iter=50))
+    assert path
+    np.testing.assert_allclose(path[-1][0], centre, atol=1e-6)
+
+
+def test_prior_scales_are_the_prior_widths_of_the_sampled_sites() -> None:
+    """L-BFGS runs on the parameters divided by their prior widths: a Normal's or a
+    LogNormal logarithm's sigma per site, 1 where the prior has none, shaped as the
+    start values (per source or global)."""
+    from types import SimpleNamespace
+
+    from constellation.inference.shine.params import prior_scales
+
+    ns = SimpleNamespace
+
+    gal = ns(
+        shear=ns(g1=ns(sigma=1.0), g2=ns(sigma=0.05)),
+        flux=ns(sigma=0.5),
+        half_light_radius=ns(sigma=0.3),
+        ellipticity=ns(e1=ns(sigma=0.001), e2=ns(sigma=None)),
+        position=ns(dx=ns(sigma=0.05), dy=0.0),
+    )
+    init = {"g1": np.zeros(()), "g2": np.zeros(()), "flux": np.ones(4), "hlr": np.ones(4),
+            "e1": np.zeros(4), "e2": np.zeros(4), "dx": np.zeros(4)}  # fmt: skip
+    scales = prior_scales(ns(gal=gal), init)
+    assert set(scales) == set(init)
+    assert {k: v.shape for k, v in scales.items()} == {k: v.shape for k, v in init.items()}
+    widths = {k: float(np.unique(v)[0]) for k, v in scales.items()}
+    assert widths == {"g1": 1.0, "g2": 0.05, "flux": 0.5, "hlr": 0.3, "e1": 0.001,
+                      "e2": 1.0, "dx": 0.05}  # fmt: skip

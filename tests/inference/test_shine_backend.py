@@ -33,6 +33,7 @@ from constellation.inference.shine import (
     lanczos_resample,
     local_jacobians,
     psf_for_shine,
+    remove_pixel,
     select_sources,
     shear_drift,
     source_bucket,
@@ -311,6 +312,38 @@ def test_psf_for_shine_identity_mirror_and_subpixel_shift() -> None:
     assert cx == pytest.approx(10.37, abs=0.02)
     assert cy == pytest.approx(9.78, abs=0.02)
     assert s.sum() == pytest.approx(1.0)
+
+
+def _pixel_integrated_gauss(sigma: float, n: int = 21) -> np.ndarray:
+    """A round Gaussian integrated over each pixel (an effective PSF), analytically."""
+    from math import erf, sqrt
+
+    c = (n - 1) / 2
+    edges = np.arange(n + 1) - c - 0.5
+    cdf = np.array([0.5 * (1 + erf(e / (sigma * sqrt(2)))) for e in edges])
+    line = np.diff(cdf)
+    return np.outer(line, line)
+
+
+@pytest.mark.parametrize(("sigma", "atol"), [(1.5, 1e-5), (1.0, 2e-3), (0.68, 2e-2)])
+def test_remove_pixel_recovers_the_optical_psf_samples(sigma: float, atol: float) -> None:
+    effective = _pixel_integrated_gauss(sigma)
+    x = np.arange(21) - 10.0
+    line = np.exp(-0.5 * (x / sigma) ** 2)
+    optical = np.outer(line, line) / line.sum() ** 2
+    peak = optical.max()
+    out = remove_pixel(effective)
+    # the pixel box makes the stamp wider: 4-16 % of the peak off at these widths
+    assert np.abs(effective - optical).max() > 0.03 * peak
+    # without it, the samples of the optical PSF (up to aliasing at FWHM 1.6 px)
+    assert np.abs(out - optical).max() < atol * peak
+    assert out.sum() == pytest.approx(effective.sum(), rel=1e-3)
+    # and psf_for_shine applies it when asked
+    np.testing.assert_allclose(
+        psf_for_shine(effective, [0.1, 0, 0, 0.1], (0.0, 0.0), without_pixel=True),
+        out / out.sum(),
+        atol=1e-12,
+    )
 
 
 # --------------------------------------------------------------------------- outputs

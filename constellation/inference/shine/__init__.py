@@ -68,7 +68,7 @@ from constellation.inference.shine.posterior import (
     split_rhat,
     summarize_posterior,
 )
-from constellation.inference.shine.psf import lanczos_resample, psf_for_shine
+from constellation.inference.shine.psf import lanczos_resample, psf_for_shine, remove_pixel
 
 __all__ = [
     "INSTALL_HINT",
@@ -89,6 +89,7 @@ __all__ = [
     "local_jacobians",
     "psf_for_shine",
     "read_sources",
+    "remove_pixel",
     "select_sources",
     "shear_drift",
     "source_bucket",

@@ -169,13 +169,13 @@ class ShineBackend:
 
     # ------------------------------------------------------------------ loading
 
-    @staticmethod
-    def _load_settings(cfg: Any) -> LoadSettings:
+    def _load_settings(self, cfg: Any) -> LoadSettings:
         return LoadSettings(
             pixel_scale=float(cfg.data.pixel_scale),
             stamp_sizes=tuple(int(s) for s in cfg.galaxy_stamp_sizes),
             selection=cfg.sources.model_dump(),
             bad_pixel_mask=int(cfg.data.bad_pixel_mask),
+            psf_without_pixel=self.science.backend.shine.psf_without_pixel,
         )
 
     def _psf_model(

@@ -73,6 +73,7 @@ class LoadSettings:
     stamp_sizes: tuple[int, ...] = (64, 128, 256)
     selection: Mapping[str, Any] = field(default_factory=dict)
     bad_pixel_mask: int = 1
+    psf_without_pixel: bool = False
 
 
 def read_header(storage: Storage, url: str, ext: FitsExtension) -> Any:
@@ -227,6 +228,7 @@ def load_subtile(item: SubTileInput, settings: LoadSettings, psf_model: PsfProvi
             mask_radius=mask_radius,
             pixel_scale=pixel_scale,
             bad_pixel_mask=int(settings.bad_pixel_mask),
+            psf_without_pixel=settings.psf_without_pixel,
         )
         if loaded is None:
             continue
@@ -284,6 +286,7 @@ def _load_exposure(
     mask_radius: FloatArray,
     pixel_scale: float,
     bad_pixel_mask: int,
+    psf_without_pixel: bool = False,
 ) -> tuple[ExposureData, int] | None:
     det_url = resolve_relative(manifest_url, qe.det.uri)
     sci_header = read_header(storage, det_url, qe.det.sci)
@@ -374,8 +377,9 @@ def _load_exposure(
         centre_x = rx[i] - s // 2 + (s - 1) / 2.0
         centre_y = ry[i] - s // 2 + (s - 1) / 2.0
         psfs[i] = psf_for_shine(
-            stamp, jac[i], (float(xi[i] - centre_x), float(yi[i] - centre_y)), pixel_scale
-        )
+            stamp, jac[i], (float(xi[i] - centre_x), float(yi[i] - centre_y)), pixel_scale,
+            without_pixel=psf_without_pixel,
+        )  # fmt: skip
     corners_x = np.array([0, window.nx - 1, window.nx - 1, 0], dtype=np.float64) + window.x0
     corners_y = np.array([0, 0, window.ny - 1, window.ny - 1], dtype=np.float64) + window.y0
     cra, cdec = wcs.all_pix2world(corners_x, corners_y, 0)

@@ -60,6 +60,7 @@ from constellation.inference.shine.geometry import MASKED_SIGMA, FloatArray
 from constellation.inference.shine.loading import SubTileData
 from constellation.inference.shine.optim import lbfgs
 from constellation.inference.shine.packing import Canvas, bucket_windows, pack_windows
+from constellation.inference.shine.params import init_values, prior_scales
 
 __all__ = [
     "DenseModel",
@@ -116,38 +117,6 @@ class MapFit:
     extras: dict[str, float] = field(default_factory=dict)
 
 
-def init_values(
-    cfg: Any, n_slots: int, flux: NDArray[Any], hlr: NDArray[Any]
-) -> dict[str, NDArray[np.float32]]:
-    """Catalog start of the sampled sites: flux and size from the catalog, shapes,
-    offsets and shear at 0 (SHINE's own start, the prior median, does not converge)."""
-    init: dict[str, NDArray[np.float32]] = {
-        "g1": np.asarray(0.0, dtype=np.float32),
-        "g2": np.asarray(0.0, dtype=np.float32),
-        "flux": np.asarray(flux, dtype=np.float32),
-        "hlr": np.asarray(hlr, dtype=np.float32),
-    }
-    gal = cfg.gal
-    if gal.ellipticity is not None:
-        init["e1"] = np.zeros(n_slots, dtype=np.float32)
-        init["e2"] = np.zeros(n_slots, dtype=np.float32)
-    if gal.position is not None and gal.position.type == "Offset":
-        init["dx"] = np.zeros(n_slots, dtype=np.float32)
-        init["dy"] = np.zeros(n_slots, dtype=np.float32)
-    # only sites that are sampled (fixed numbers in the config are constants)
-    sampled = {
-        "g1": gal.shear.g1,
-        "g2": gal.shear.g2,
-        "flux": gal.flux,
-        "hlr": gal.half_light_radius,
-        "e1": gal.ellipticity.e1 if gal.ellipticity is not None else 0.0,
-        "e2": gal.ellipticity.e2 if gal.ellipticity is not None else 0.0,
-        "dx": getattr(gal.position, "dx", 0.0) if gal.position is not None else 0.0,
-        "dy": getattr(gal.position, "dy", 0.0) if gal.position is not None else 0.0,
-    }
-    return {k: v for k, v in init.items() if not isinstance(sampled[k], int | float)}
-
-
 def _drift(g1: FloatArray, g2: FloatArray, window: int) -> float:
     if g1.size < 2:
         return float("nan")
@@ -156,9 +125,11 @@ def _drift(g1: FloatArray, g2: FloatArray, window: int) -> float:
 
 
 def _outside_domain(exc: Exception) -> bool:
-    """Whether a JAX runtime error is JAX-GalSim refusing an ellipticity past |e| = 1 (an
-    equinox check inside the compiled model: it surfaces only as this message)."""
-    return "distortion exceeds" in str(exc)
+    """Whether a JAX runtime error is JAX-GalSim refusing an ellipticity or a shear past
+    1 (an equinox check inside the compiled model: it surfaces only as this message, as
+    a ``JaxRuntimeError`` or, raised by the CPU callback at the call, a ``ValueError``)."""
+    text = str(exc)
+    return "distortion exceeds" in text or "shear exceeds" in text
 
 
 def _model_key(cfg: Any) -> tuple[str, float]:
@@ -558,7 +529,13 @@ class SparseModel:
                     observed_data=arrays["images"]
                 )
                 site = trace["obs_0"]
-                return site["fn"].log_prob(site["value"]).sum()
+                # the chi-square part of SHINE's Normal log-likelihood: its normalisation
+                # (log sigma per pixel, 23 per masked pixel) is a constant of the data
+                # that would set the float32 loss's precision far above what the line
+                # search must resolve near the minimum
+                normal = getattr(site["fn"], "base_dist", site["fn"])
+                r = (site["value"] - normal.loc) / normal.scale
+                return -0.5 * (r * r).sum()
 
             def loglik(z: dict[str, Any], index: Any, arrays: dict[str, Any]) -> Any:
                 per_window = jax.vmap(window, in_axes=(None, 0, 0))(z, index, arrays)
@@ -711,7 +688,7 @@ class SparseModel:
                     if record(z):
                         break
                 jax.block_until_ready(z)
-            except jax.errors.JaxRuntimeError as exc:
+            except (jax.errors.JaxRuntimeError, ValueError) as exc:
                 # Adam's fixed steps can push an ellipticity past |e| = 1: the fit left
                 # the model's domain, a permanent failure of this configuration
                 if not _outside_domain(exc):
@@ -724,22 +701,25 @@ class SparseModel:
             from jax.flatten_util import ravel_pytree
 
             flat0, unravel = ravel_pytree(prior.unconstrain(z0))
+            # L-BFGS on x = u / scale: every prior as wide as every other
+            scale = np.asarray(ravel_pytree(prior_scales(cfg, init))[0], dtype=np.float64)
 
             def loss(x: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
                 nonlocal evaluations
                 evaluations += 1
-                u = unravel(jnp.asarray(x, dtype=jnp.float32))
-                value, grad_z = log_posterior(prior.constrain(u))
-                grad_u, _ = ravel_pytree(prior.pullback(u, grad_z))
+                u = unravel(jnp.asarray(x * scale, dtype=jnp.float32))
                 try:
-                    return -float(value), -np.asarray(grad_u, dtype=np.float64)
-                except jax.errors.JaxRuntimeError as exc:
+                    value, grad_z = log_posterior(prior.constrain(u))
+                    grad_u, _ = ravel_pytree(prior.pullback(u, grad_z))
+                    return -float(value), -np.asarray(grad_u, dtype=np.float64) * scale
+                except (jax.errors.JaxRuntimeError, ValueError) as exc:
                     if not _outside_domain(exc):  # a trial point past |e| = 1: too far
                         raise
                     return np.inf, np.full_like(x, np.nan)
 
-            for x, value in lbfgs(loss, np.asarray(flat0, dtype=np.float64), settings.max_steps):
-                z = prior.constrain(unravel(jnp.asarray(x, dtype=jnp.float32)))
+            start = np.asarray(flat0, dtype=np.float64) / scale
+            for x, value in lbfgs(loss, start, settings.max_steps):
+                z = prior.constrain(unravel(jnp.asarray(x * scale, dtype=jnp.float32)))
                 last_value = -value
                 if record(z):
                     break

@@ -20,10 +20,16 @@ def lbfgs(
     max_iter: int,
     history: int = 10,
 ) -> Iterator[tuple[NDArray[np.float64], float]]:
-    """Limited-memory BFGS with a backtracking (Armijo) line search, on the host in
-    float64; yields ``(x, loss)`` after each iteration and stops at a zero gradient or
-    when the line search finds no lower loss (at the float32 noise floor of the loss,
-    near the minimum).
+    """Limited-memory BFGS with a backtracking line search, on the host in float64;
+    yields ``(x, loss)`` after each iteration and stops at a zero gradient or when the
+    line search finds no acceptable step.
+
+    A step is accepted on sufficient decrease (Armijo) or, where the float32 loss is
+    flat to its precision (near the minimum, or along a weakly constrained direction
+    such as the shear of one faint galaxy), when the slope along the line shows that
+    the step went towards the line's minimum without overshooting it (approximate
+    Wolfe): without that, a fit stopped where the loss stopped changing, with the
+    shear still moving.
 
     ``loss(x)`` returns the loss and its gradient; a point where the loss is not finite
     (``loss`` returns ``inf`` where the model cannot be evaluated) is too far: the step
@@ -59,11 +65,19 @@ def lbfgs(
             direction = -grad
             slope = -float(grad @ grad)
         alpha = step0
+        # float32 noise of the loss: near the minimum a descent step lowers it by less,
+        # and only the gradient can still tell a good step from a bad one
+        noise = 4.0 * float(np.finfo(np.float32).eps) * max(1.0, abs(value))
         for _ in range(30):
             x_new = x + alpha * direction
             new_value, new_grad = loss(x_new)
             if new_value < value and new_value <= value + 1e-4 * alpha * slope:
-                break
+                break  # sufficient decrease (Armijo)
+            new_slope = float(new_grad @ direction)
+            if new_value <= value + noise and slope <= new_slope <= -0.8 * slope:
+                break  # flat to the loss's precision, and the slope along the line says
+                # the step did not overshoot the line's minimum (approximate Wolfe,
+                # Hager & Zhang 2005)
             alpha *= 0.5
         else:
             return

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from constellation.inference.shine.geometry import FloatArray
 
-__all__ = ["lanczos_resample", "psf_for_shine"]
+__all__ = ["lanczos_resample", "psf_for_shine", "remove_pixel"]
 
 
 def _lanczos(t: FloatArray, a: int = 3) -> FloatArray:
@@ -55,11 +55,37 @@ def lanczos_resample(
     return np.asarray(np.where(wsum != 0, out / np.where(wsum != 0, wsum, 1.0), 0.0))
 
 
+def remove_pixel(stamp: NDArray[np.floating[Any]]) -> FloatArray:
+    """Divide the pixel's response out of a pixel-integrated (effective) PSF stamp.
+
+    An effective PSF (PSFEx's, VIS's) is the optical PSF convolved with the 1 x 1 pixel
+    box, sampled at pixel centres; SHINE draws the stamp it is given and convolves the
+    result with the pixel again. Dividing the stamp's Fourier transform by the box's,
+    ``sinc(fx) sinc(fy)`` (at least 0.41 below the Nyquist frequency, so no
+    regularisation is needed), gives samples of the optical PSF instead. The stamp is
+    padded by its size on every side before the transform, so that the deconvolution's
+    ringing does not wrap around; the sum is kept.
+    """
+    img = np.asarray(stamp, dtype=np.float64)
+    n = img.shape[0]
+    if img.shape != (n, n):
+        raise ValueError("the stamp must be square")
+    m = 3 * n
+    padded = np.zeros((m, m))
+    padded[n : 2 * n, n : 2 * n] = img
+    f = np.fft.fftfreq(m)
+    box = np.outer(np.sinc(f), np.sinc(f))
+    out = np.fft.ifft2(np.fft.fft2(padded) / box).real
+    return np.asarray(out[n : 2 * n, n : 2 * n], dtype=np.float64)
+
+
 def psf_for_shine(
     stamp: NDArray[np.floating[Any]],
     jacobian: Sequence[float] | FloatArray,
     shift: tuple[float, float],
     pixel_scale: float = 0.1,
+    *,
+    without_pixel: bool = False,
 ) -> FloatArray:
     """The stamp to give SHINE so that it renders pixel-frame PSF ``stamp`` moved by ``shift``.
 
@@ -68,10 +94,13 @@ def psf_for_shine(
     pixel-frame PSF it applies is then ``S(J p / scale)``. Returning
     ``S(q) = P(scale J^-1 q - shift)`` makes that ``P(p - shift)``: the right
     orientation for mirrored or rotated quadrants, and the sub-pixel position that
-    SHINE drops. Normalised to unit sum.
+    SHINE drops. ``without_pixel``: the pixel's response is divided out of the stamp
+    first (:func:`remove_pixel`), since SHINE convolves with the pixel again. Normalised
+    to unit sum.
     """
     j = np.asarray(jacobian, dtype=np.float64).reshape(2, 2)
     m = np.asarray(pixel_scale * np.linalg.inv(j), dtype=np.float64)
-    out = lanczos_resample(np.asarray(stamp, dtype=np.float64), m, shift)
+    source = remove_pixel(stamp) if without_pixel else np.asarray(stamp, dtype=np.float64)
+    out = lanczos_resample(source, m, shift)
     total = out.sum()
     return out / total if total > 0 else out
