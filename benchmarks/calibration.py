@@ -6,22 +6,25 @@ Run from the repository root, with SHINE installed (docs/shine.md)::
         [--compare-pixel]       # also fit with the PSF stamps' pixel divided out
 
 The fields (:func:`constellation.stages.calibrate.run_calibration`): one tile at the
-default position per injected constant shear, by default ``(+0.02, -0.02)`` and
-``(-0.02, +0.02)`` (both components take two values), simulated in ``pixels`` mode
-with GalSim (``--renderer galsim``: continuous convolution, pixel-integrated PSF
-stamps as PSFEx's), zero intrinsic ellipticity, no pixel noise; quadrants 3-4.E and
-3-4.F rendered. The tiling is 16 x 16 (2' cores, 0.25' margin), so that the rendered
-quadrants fill ~13 sub-tiles per field with ~10 galaxies each; the other sub-tiles
-have no pixels and are skipped. Each field goes through resolve, index, prepare,
-infer with the shine backend (MAP, L-BFGS, run to ``--tolerance``) and assemble;
-then m and c per component are fitted over the sub-tiles of all fields with a
-bootstrap over sub-tiles.
+default position per injected constant shear, ``(+0.02, -0.02)`` and ``(-0.02, +0.02)``
+(both components take two values; ``--shear``), simulated in ``pixels`` mode with
+GalSim (``--renderer galsim``: continuous convolution, pixel-integrated PSF stamps as
+PSFEx's), zero intrinsic ellipticity, no pixel noise, 2 sources per arcmin², quadrant
+3-4.F rendered (``--quadrant``). The configuration is configs/examples/calibration.yaml
+(16 x 16 tiling: 2' cores, 0.25' margin; MAP with L-BFGS to ``--tolerance`` within
+``--steps``), so that the rendered quadrant fills 16 sub-tiles per field with 1-12
+galaxies each; the other sub-tiles have no pixels and are skipped. Each field goes
+through resolve, index, prepare, infer with the shine backend and assemble; then m and
+c per component are fitted over the sub-tiles of both fields with a bootstrap over
+sub-tiles. ``--out`` keeps the fields (a rerun resumes; delete ``OUT/default`` and
+``OUT/nopix`` to refit).
 
 The model matches the fields' population: SHINE cannot hold an ellipticity fixed (a
 number in its ``gal`` section fails in its scene code), so the intrinsic ellipticity
 prior is narrow (``--ellipticity-sigma``, default 0.001: round galaxies), and the shear
 prior is broad (``--shear-sigma``, default 1: SHINE's default 0.05 shrinks a MAP shear
 towards 0 by ``sigma_g^2 / (sigma_g^2 + prior^2)``, a few percent for ~10 galaxies).
+Flux and size priors are SHINE's (LogNormal around the catalog's values).
 
 Prints ``name=value`` lines (``_err``: bootstrap standard deviation):
 
