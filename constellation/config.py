@@ -615,6 +615,15 @@ class Settings(BaseSettings):
         """Stable hash of the science configuration (see :func:`config_hash`)."""
         return config_hash(self.science)
 
+    def with_backend(self, name: str | None) -> Settings:
+        """These settings with ``science.backend.name`` set to ``name`` (unchanged for
+        ``None``): the configuration a ``--backend`` option actually runs with."""
+        if name is None:
+            return self
+        backend = self.science.backend.model_copy(update={"name": name})
+        science = self.science.model_copy(update={"backend": backend})
+        return self.model_copy(update={"science": science})
+
 
 def config_hash(science: ScienceConfig) -> str:
     """Return a stable short hash of the science configuration.

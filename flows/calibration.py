@@ -46,12 +46,7 @@ def shear_calibration(
     from constellation.stages.calibrate import calibration_shears, record_calibration
 
     logger = get_run_logger()
-    settings = load_settings(config)
-    if backend is not None:
-        science = settings.science.model_copy(
-            update={"backend": settings.science.backend.model_copy(update={"name": backend})}
-        )
-        settings = settings.model_copy(update={"science": science})
+    settings = load_settings(config).with_backend(backend)
     root = out or layout.join(settings.runtime.storage.work_uri, "calibration")
     if "://" in root and not root.startswith("file://"):
         raise ValueError(f"out must be a local folder for now, got {root!r}")

@@ -68,12 +68,7 @@ def calibrate(
 
     if backend is not None and backend not in ("shine", "mock"):
         fail(f"unknown backend {backend!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
-    settings = get_state(ctx).settings
-    if backend is not None:
-        science = settings.science.model_copy(
-            update={"backend": settings.science.backend.model_copy(update={"name": backend})}
-        )
-        settings = settings.model_copy(update={"science": science})
+    settings = get_state(ctx).settings.with_backend(backend)
     try:
         spec = FieldSpec(
             n_tiles_ra=1, n_tiles_dec=1, density_per_arcmin2=density, mode=mode,

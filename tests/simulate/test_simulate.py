@@ -143,13 +143,9 @@ def test_calibration_fields_constant_shear_round_galaxies_no_noise() -> None:
         ShearField(amplitude=0.2, g1_constant=0.2, g2_constant=0.2)
 
 
-def test_pixel_noise_off_renders_sky_and_galaxies_exactly() -> None:
-    """Without pixel noise a rendered quadrant is sky + galaxies (its RMS still says what
-    the noise would be); with it, the same sources differ by that noise."""
+def _small_quadrant_header() -> object:
+    """A 128 x 128 px TAN header at 0.1"/px (RA axis flipped) for render_quadrant."""
     from astropy.wcs import WCS
-
-    from constellation.simulate.psf import psf_grid
-    from constellation.simulate.render import RenderSources, render_quadrant
 
     w = WCS(naxis=2)
     w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
@@ -158,6 +154,16 @@ def test_pixel_noise_off_renders_sky_and_galaxies_exactly() -> None:
     w.wcs.cd = [[-0.1 / 3600, 0.0], [0.0, 0.1 / 3600]]
     header = w.to_header()
     header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, 128, 128
+    return header
+
+
+def test_pixel_noise_off_renders_sky_and_galaxies_exactly() -> None:
+    """Without pixel noise a rendered quadrant is sky + galaxies (its RMS still says what
+    the noise would be); with it, the same sources differ by that noise."""
+    from constellation.simulate.psf import psf_grid
+    from constellation.simulate.render import RenderSources, render_quadrant
+
+    header = _small_quadrant_header()
     one = np.ones(1)
     sources = RenderSources(
         ra=one * 52.93, dec=one * -28.09, flux_ujy=one * 5.0, hlr_arcsec=one * 0.4,
@@ -189,18 +195,10 @@ def test_galsim_renderer_agrees_with_the_builtin_one_and_integrates_the_psf() ->
     pixel-integrated PSF stamps, wider than the built-in sampled ones. Needs GalSim,
     which comes with SHINE (marked ``shine``: CI's SHINE step runs it)."""
     galsim = pytest.importorskip("galsim")
-    from astropy.wcs import WCS
-
     from constellation.simulate.psf import psf_grid, psf_parameters
     from constellation.simulate.render import RenderSources, render_quadrant
 
-    w = WCS(naxis=2)
-    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    w.wcs.crval = [52.93, -28.09]
-    w.wcs.crpix = [64.5, 64.5]
-    w.wcs.cd = [[-0.1 / 3600, 0.0], [0.0, 0.1 / 3600]]
-    header = w.to_header()
-    header["NAXIS"], header["NAXIS1"], header["NAXIS2"] = 2, 128, 128
+    header = _small_quadrant_header()
     one = np.ones(1)
     psf_rng = [3, 5, 0]
 
