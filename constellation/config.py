@@ -545,6 +545,14 @@ class RuntimeConfig(_Section):
         default_factory=CatalogConfig, description="Iceberg catalog for result tables."
     )
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray cluster and task resources.")
+    executor: Literal["ray", "local"] = Field(
+        default="ray",
+        description="Where sub-tile tasks run: 'ray' (local Ray or a cluster) or 'local' "
+        "(threads of the flow's own process, no Ray: one tile on a workstation).",
+    )
+    local_workers: int = Field(
+        default=2, ge=1, description="Sub-tiles the local executor runs at once (threads)."
+    )
     max_in_flight: int = Field(
         default=64, ge=1, description="Maximum number of sub-tiles being processed at once."
     )

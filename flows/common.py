@@ -36,6 +36,7 @@ __all__ = [
     "cancellable",
     "deferred_stop_signals",
     "end_state",
+    "executor_session",
     "failed_subtiles_message",
     "last_stop_signal",
     "load_settings",
@@ -47,6 +48,7 @@ __all__ = [
     "settings_from_json",
     "settings_json",
     "storage_for",
+    "task_runner",
 ]
 
 
@@ -264,3 +266,26 @@ def ray_session(settings: Settings, api_url: str | None) -> Iterator[dict[str, A
         yield {"owned": True}
     finally:
         ray.shutdown()
+
+
+@contextmanager
+def executor_session(settings: Settings, api_url: str | None) -> Iterator[dict[str, Any]]:
+    """What the sub-tile tasks run on, for the block: Ray (:func:`ray_session`) for
+    ``runtime.executor: ray``; nothing to start for ``local`` (threads of this process)."""
+    if settings.runtime.executor == "local":
+        yield {"owned": False}
+        return
+    with ray_session(settings, api_url) as session:
+        yield session
+
+
+def task_runner(settings: Settings) -> Any:
+    """The Prefect task runner of an infer sub-flow: sub-tile tasks on Ray (GPUs, worker
+    reuse, :mod:`flows.runner`), or on ``runtime.local_workers`` threads here."""
+    if settings.runtime.executor == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=settings.runtime.local_workers)
+    from flows.runner import SubTileRayTaskRunner
+
+    return SubTileRayTaskRunner()

@@ -29,7 +29,10 @@ Structure of a run::
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -54,15 +57,16 @@ from flows.common import (
     cancellable,
     deferred_stop_signals,
     end_state,
+    executor_session,
     failed_subtiles_message,
     load_settings,
     new_run_id,
     prefect_api_url,
     progress,
-    ray_session,
     settings_from_json,
     settings_json,
     storage_for,
+    task_runner,
 )
 
 __all__ = [
@@ -124,11 +128,13 @@ def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool
     return {**asdict(outcome), "node": _node_id()}
 
 
-def _node_id() -> str | None:
-    """The Ray node running this task (None outside Ray)."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+def _node_id() -> str:
+    """The Ray node running this task ("local": the local executor's process)."""
+    ray = sys.modules.get("ray")  # the local executor's threads do not import it
+    is_initialized = getattr(ray, "is_initialized", None)  # None: being imported
+    if ray is None or is_initialized is None or not is_initialized():
+        return "local"
+    return str(ray.get_runtime_context().get_node_id())
 
 
 def tile_manifests(payload: str, tiles: list[int]) -> list[str]:
@@ -143,11 +149,14 @@ def tile_manifests(payload: str, tiles: list[int]) -> list[str]:
 
 
 def _wait_any(pending: list[Any], check: Callable[[], None]) -> list[Any]:
-    """Block until at least one of ``pending`` (PrefectRayFutures) is finished; return those.
+    """Block until at least one of ``pending`` (futures of the Ray or the local task
+    runner) is finished; return every finished one.
 
     Waits in slices of half a second, calling ``check`` (which raises on SIGINT /
     SIGTERM, see :func:`flows.common.deferred_stop_signals`) between them.
     """
+    if pending and not _on_ray(pending[0]):
+        return _wait_any_local(pending, check)
     import ray
 
     refs = {f.wrapped_future: f for f in pending}
@@ -160,13 +169,33 @@ def _wait_any(pending: list[Any], check: Callable[[], None]) -> list[Any]:
     return [refs[r] for r in ready]
 
 
-def _cancel(pending: list[Any]) -> None:
-    """Cancel sub-tile tasks on Ray, killing their workers (results are atomic)."""
-    import ray
+def _on_ray(fut: Any) -> bool:
+    return not isinstance(fut.wrapped_future, concurrent.futures.Future)
 
+
+def _wait_any_local(pending: list[Any], check: Callable[[], None]) -> list[Any]:
+    """:func:`_wait_any` for the local executor's futures (threads of this process)."""
+    by_future = {f.wrapped_future: f for f in pending}
+    done: set[Any] = set()
+    while not done:
+        check()
+        done, _ = concurrent.futures.wait(
+            list(by_future), timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+    return [by_future[f] for f in by_future if f in done]
+
+
+def _cancel(pending: list[Any]) -> None:
+    """Cancel sub-tile tasks: on Ray their workers are killed (results are atomic); the
+    local executor drops those not started (running ones finish their sub-tile)."""
     for fut in pending:
         try:
-            ray.cancel(fut.wrapped_future, force=True)
+            if _on_ray(fut):
+                import ray
+
+                ray.cancel(fut.wrapped_future, force=True)
+            else:
+                fut.wrapped_future.cancel()
         except Exception as exc:  # already finished, or Ray is going away
             logging.getLogger(__name__).debug("cancel: %s", exc)
 
@@ -188,6 +217,13 @@ def _not_done(payload: str, urls: list[str], summary: OutcomeSummary) -> list[st
         else:
             summary.add_outcome(done)
     return todo
+
+
+def _ray_options(**options: Any) -> Any:
+    """prefect-ray's ``remote_options`` block (imported only for the Ray executor)."""
+    from prefect_ray.context import remote_options
+
+    return remote_options(**options)
 
 
 def _record(summary: OutcomeSummary, nodes: Counter[str], fut: Any) -> str:
@@ -221,8 +257,6 @@ def infer_batch(
     """Infer the prepared sub-tiles of ``tiles`` (a sub-flow run on Ray): ``manifests``
     when given (the driver already set aside the done ones), else every sub-tile of
     ``tiles`` not done yet."""
-    from prefect_ray.context import remote_options
-
     settings = settings_from_json(payload)
     ray_cfg = settings.runtime.ray
     urls = tile_manifests(payload, tiles) if manifests is None else list(manifests)
@@ -248,16 +282,18 @@ def infer_batch(
                     f"({counts}) in {time.perf_counter() - t0:.1f} s"
                 )
 
+    options = (
+        _ray_options(
+            num_gpus=ray_cfg.num_gpus_per_task,
+            num_cpus=ray_cfg.num_cpus_per_task,
+            max_retries=ray_cfg.max_retries,
+            max_calls=0,
+        )
+        if settings.runtime.executor == "ray"
+        else contextlib.nullcontext()
+    )
     try:
-        with (
-            deferred_stop_signals() as check,
-            remote_options(
-                num_gpus=ray_cfg.num_gpus_per_task,
-                num_cpus=ray_cfg.num_cpus_per_task,
-                max_retries=ray_cfg.max_retries,
-                max_calls=0,
-            ),
-        ):
+        with deferred_stop_signals() as check, options:
             for url in todo:
                 while len(pending) >= settings.runtime.max_in_flight:
                     collect(_wait_any(pending, check))
@@ -383,24 +419,20 @@ def _dispatch(
     nodes: Counter[str],
     batch_runs: list[str],
 ) -> None:
-    """Run the ``todo`` manifests (by tile) on Ray in sub-flow runs of
-    ``runtime.tiles_per_subflow`` tiles, after the preflight when ``check``."""
-    from flows.preflight import preflight
-    from flows.runner import SubTileRayTaskRunner
+    """Run the ``todo`` manifests (by tile) on the executor (Ray, or threads here) in
+    sub-flow runs of ``runtime.tiles_per_subflow`` tiles, after the preflight when
+    ``check``."""
+    from flows.preflight import preflight, report_probe
 
     pending = sorted(todo)
     size = settings.runtime.tiles_per_subflow
     batches = [pending[i : i + size] for i in range(0, len(pending), size)]
-    with ray_session(settings, prefect_api_url()):
+    with executor_session(settings, prefect_api_url()):
         if check:
-            probe = preflight(settings, payload)
-            progress(
-                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
-                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
-            )
+            report_probe(preflight(settings, payload), settings)
         for i, batch in enumerate(batches):
             sub = infer_batch.with_options(
-                task_runner=SubTileRayTaskRunner(),
+                task_runner=task_runner(settings),
                 flow_run_name=f"infer-batch-{i + 1}-of-{len(batches)}",
             )
             out = sub(payload, batch, run_id, force, [u for t in batch for u in todo[t]])

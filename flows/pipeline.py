@@ -13,7 +13,10 @@ summary) when a sub-tile failed or the validation failed, unless
 
 from __future__ import annotations
 
+import importlib
+import logging
 import signal
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,13 +30,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.assemble import assemble_task, report_task, validate_task
 from flows.common import (
     cancellable,
+    executor_session,
     failed_subtiles_message,
     last_stop_signal,
     load_settings,
     new_run_id,
     prefect_api_url,
     progress,
-    ray_session,
     settings_json,
     storage_for,
 )
@@ -45,6 +48,7 @@ from flows.reprocess import save_state
 __all__ = [
     "RunEnd",
     "failure_message",
+    "import_stage_modules",
     "pipeline",
     "preflight_first",
     "run_here",
@@ -63,7 +67,7 @@ def run_pipeline(
     allow_unconverged: bool = False,
 ) -> dict[str, Any]:
     """The body of :func:`pipeline` (inside a flow run)."""
-    from flows.preflight import preflight
+    from flows.preflight import preflight, report_probe
 
     log = get_run_logger()
     settings = settings or load_settings(config)
@@ -76,14 +80,10 @@ def run_pipeline(
     first = preflight_first(settings, chosen)
     with ExitStack() as stack:
         if first:
-            stack.enter_context(ray_session(settings, prefect_api_url()))
+            stack.enter_context(executor_session(settings, prefect_api_url()))
             t = time.perf_counter()
-            probe = preflight(settings, payload)
+            report_probe(preflight(settings, payload), settings)
             times["preflight_s"] = time.perf_counter() - t
-            progress(
-                f"preflight: the {probe.get('backend')} backend {probe.get('version')} builds "
-                f"on the Ray workers (computes on: {probe.get('device') or '-'})"
-            )
         t = time.perf_counter()
         index = build_index_task(payload)
         times["index_s"] = time.perf_counter() - t
@@ -127,6 +127,34 @@ def run_pipeline(
         "report": figures,
         "times": times,
     }
+
+
+#: What the stages import on first use: healpy (with matplotlib) and pyiceberg take
+#: ~4.5 s of the first run of a process on 2 cores.
+STAGE_MODULES = (
+    "healpy",
+    "constellation.io.quadrant_index",
+    "constellation.stages.prepare",
+    "constellation.catalog.assemble",
+    "constellation.catalog.report",
+)
+
+
+def import_stage_modules() -> threading.Thread:
+    """Import :data:`STAGE_MODULES` in a background thread, for a caller that waits
+    anyway (the CLI, while Prefect's temporary server boots); the stages then find
+    them imported. A failed import is left to the stage that needs the module."""
+
+    def run() -> None:
+        for name in STAGE_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:
+                logging.getLogger(__name__).debug("import %s: %s", name, exc)
+
+    thread = threading.Thread(target=run, name="import-stage-modules", daemon=True)
+    thread.start()
+    return thread
 
 
 def preflight_first(settings: Any, tiles: list[int] | None) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 from constellation.config import Settings
 
-__all__ = ["PreflightError", "Problem", "preflight", "resource_shortfall"]
+__all__ = ["PreflightError", "Problem", "preflight", "report_probe", "resource_shortfall"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,26 @@ def probe_backend(payload: str) -> dict[str, Any]:
     }
 
 
+def _backend_problem(settings: Settings, found: Mapping[str, Any], where: str) -> Problem:
+    return Problem(
+        f"the {settings.science.backend.name!r} backend cannot be built {where}: "
+        f"{found.get('error')}",
+        "install it where the sub-tiles run (docs/shine.md), or run the mock backend "
+        "with science.backend.name: mock (CONSTELLATION_SCIENCE__BACKEND__NAME=mock)",
+    )
+
+
+def report_probe(found: Mapping[str, Any], settings: Settings) -> None:
+    """The preflight's progress line: which backend builds where, and on what it computes."""
+    from flows.common import progress
+
+    where = "in this process" if settings.runtime.executor == "local" else "on the Ray workers"
+    progress(
+        f"preflight: the {found.get('backend')} backend {found.get('version')} builds {where} "
+        f"(computes on: {found.get('device') or '-'})"
+    )
+
+
 def _get(ref: Any, timeout_s: float) -> Any:
     """``ray.get`` with a timeout, waiting in short slices so that SIGINT / SIGTERM stop
     it (see :func:`flows.common.deferred_stop_signals`); ``TimeoutError`` on timeout."""
@@ -211,14 +231,21 @@ def _get(ref: Any, timeout_s: float) -> Any:
 
 
 def preflight(settings: Settings, payload: str) -> dict[str, Any]:
-    """Check that the sub-tile tasks of ``settings`` can run on the connected Ray.
+    """Check that the sub-tile tasks of ``settings`` can run on the connected Ray (or,
+    for ``runtime.executor: local``, that the backend builds in this process).
 
     Returns what the probe found (backend, version, device, seconds). Raises
     :class:`PreflightError` listing every problem found.
     """
+    t0 = time.perf_counter()
+    if settings.runtime.executor == "local":
+        here = probe_backend(payload)
+        if not here.get("ok"):
+            raise PreflightError([_backend_problem(settings, here, "in this process")])
+        here["preflight_s"] = time.perf_counter() - t0
+        return here
     import ray
 
-    t0 = time.perf_counter()
     ray_cfg = settings.runtime.ray
     local = ray_cfg.address is None
     request = _task_request(settings)
@@ -254,14 +281,7 @@ def preflight(settings: Settings, payload: str) -> dict[str, Any]:
             )
         )
     if found and not found.get("ok"):
-        problems.append(
-            Problem(
-                f"the {settings.science.backend.name!r} backend cannot be built on the Ray "
-                f"workers: {found.get('error')}",
-                "install it where the workers run (docs/shine.md), or run the mock backend "
-                "with science.backend.name: mock (CONSTELLATION_SCIENCE__BACKEND__NAME=mock)",
-            )
-        )
+        problems.append(_backend_problem(settings, found, "on the Ray workers"))
     if problems:
         raise PreflightError(problems)
     if request["GPU"] > 0 and found.get("device") == "cpu":

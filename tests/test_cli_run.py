@@ -136,11 +136,23 @@ def test_sigterm_stops_a_run_and_the_rerun_completes(
     assert open_catalog(settings).count("subtiles") == 16
 
 
-def test_an_ad_hoc_tile_with_backend_and_cpu_options(
+def test_run_options_are_configuration_overrides() -> None:
+    from constellation.commands.run import _overrides
+
+    assert _overrides("mock", cpu=True, local=True) == {
+        "CONSTELLATION_SCIENCE__BACKEND__NAME": "mock",
+        "CONSTELLATION_RUNTIME__RAY__NUM_GPUS_PER_TASK": "0",
+        "CONSTELLATION_RUNTIME__EXECUTOR": "local",
+    }
+    assert _overrides(None, cpu=False) == {}
+
+
+def test_an_ad_hoc_tile_with_backend_and_local_options(
     prefect_api: str, prepared_field: PreparedField, tmp_path: Path
 ) -> None:
-    """The default configuration (SHINE on a GPU) overridden on the command line: one
-    prepared tile with the mock backend on the CPU; then reprocess finds nothing to redo."""
+    """The default configuration (SHINE on a GPU, on Ray) overridden on the command line:
+    one prepared tile with the mock backend in this process (no Ray); then reprocess finds
+    nothing to redo."""
     from constellation.io.storage import Storage
     from constellation.manifest import layout
     from constellation.results.store import read_marker
@@ -149,11 +161,12 @@ def test_an_ad_hoc_tile_with_backend_and_cpu_options(
     config = _config(tmp_path / "config.yaml", prepared_field, work)
     tile = prepared_field.tile_ids[0]
     cmd = [sys.executable, "-m", "constellation", "-c", str(config), "run", "--tile", str(tile),
-           "--backend", "mock", "--cpu", "--no-report"]  # fmt: skip
+           "--backend", "mock", "--local", "--no-report"]  # fmt: skip
     first = subprocess.run(
         cmd, env=_env(prefect_api), cwd=tmp_path, capture_output=True, text=True, timeout=600
     )
     assert first.returncode == 0, first.stdout + first.stderr
+    assert "builds in this process" in first.stderr
     markers = [
         read_marker(Storage(), layout.subtile_dir(str(work), tile, r, c))
         for r in range(4)

@@ -33,6 +33,7 @@ import re
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -266,6 +267,7 @@ class _Previous:
     det: dict[str, dict[str, dict[str, Any]]]  # det_url -> quadrant -> DET columns
     bkg: dict[str, dict[str, dict[str, Any]]]  # bkg_url -> quadrant -> BKG columns
     psf: dict[str, dict[str, dict[str, Any]]]  # psf_url -> quadrant -> PSF columns
+    rows: int = 0  # quadrant exposures in the index
 
     def unchanged(self, ref: FileRef) -> bool:
         return self.versions.get(ref.url) == (ref.size, ref.etag)
@@ -288,7 +290,7 @@ def _load_previous(storage: Storage, url: str) -> _Previous | None:
     versions = {
         k: (int(v[0]), v[1]) for k, v in json.loads(meta.get(FILES_METADATA_KEY, b"{}")).items()
     }
-    prev = _Previous(versions, {}, {}, {})
+    prev = _Previous(versions, {}, {}, {}, table.num_rows)
     for row in table.to_pylist():
         q = row["quadrant"]
         prev.det.setdefault(row["det_url"], {})[q] = {c: row[c] for c in _DET_COLS}
@@ -445,8 +447,14 @@ def build_quadrant_index(
     else:
         obs = observations
     prev = None if full else _load_previous(storage, out_url)
-    builder = _Builder(storage, prev, range_workers)
     total = len(obs.exposures)
+    if prev is not None and prev.versions == _file_versions(obs):
+        # every file indexed before, none changed, none added or removed: the index
+        # is up to date as it is (not rebuilt, not rewritten)
+        if progress:
+            progress(total, total)
+        return _unchanged_summary(storage, obs, out_url, prev, before, t0)
+    builder = _Builder(storage, prev, range_workers)
     done = 0
     if progress:
         progress(0, total)
@@ -511,6 +519,50 @@ def build_quadrant_index(
         rounds=builder.rounds,
         bytes_read=after.bytes_read - before.bytes_read,
         header_bytes=builder.header_bytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _file_versions(obs: ObservationIndex) -> dict[str, tuple[int, str | None]]:
+    """(size, ETag) of every DET, BKG and PSF file of ``obs``, by URL."""
+    return {
+        ref.url: (ref.size, ref.etag)
+        for e in obs.exposures
+        for ref in (e.det, e.bkg, e.psf)
+        if ref is not None
+    }
+
+
+def _unchanged_summary(
+    storage: Storage,
+    obs: ObservationIndex,
+    out_url: str,
+    prev: _Previous,
+    before: Any,
+    t0: float,
+) -> IndexSummary:
+    """The summary of a build that found every file as the index records it."""
+    after = storage.stats.snapshot()
+    kinds = Counter(
+        kind
+        for kind, _ in {
+            (kind, ref.url)  # a PSF file can serve several exposures: counted once
+            for e in obs.exposures
+            for kind, ref in (("det", e.det), ("bkg", e.bkg), ("psf", e.psf))
+            if ref is not None
+        }
+    )
+    return IndexSummary(
+        url=out_url,
+        exposures=len(obs.exposures),
+        quadrant_exposures=prev.rows,
+        det_skipped=kinds["det"],
+        bkg_skipped=kinds["bkg"],
+        psf_skipped=kinds["psf"],
+        unmatched=list(obs.unmatched),
+        incomplete=[e.key for e in obs.incomplete],
+        requests=after.requests - before.requests,
+        bytes_read=after.bytes_read - before.bytes_read,
         seconds=time.perf_counter() - t0,
     )
 

@@ -156,9 +156,17 @@ def test_incremental(light_field: tuple[Path, FieldSummary], tmp_path: Path) -> 
     assert first.det_read == n_exp
     before = read_quadrant_index(storage, out)
 
+    mtime = Path(out).stat().st_mtime_ns
     second = build_quadrant_index(storage, str(vis), out)
     assert second.files_read == 0
     assert second.det_skipped == n_exp
+    assert second.quadrant_exposures == first.quadrant_exposures
+    assert (second.bkg_skipped, second.psf_skipped) == (
+        first.bkg_read,
+        first.psf_read,
+    )  # files counted once, as read
+    assert second.requests <= 3  # listing, index: no FITS file opened, no rebuild to compare
+    assert Path(out).stat().st_mtime_ns == mtime  # not rewritten
     assert read_quadrant_index(storage, out).equals(before)
 
     det = sorted(vis.glob("*/EUC_VIS_SWL-DET-*"))[0]
