@@ -9,9 +9,13 @@ Two checks, within seconds on a local Ray:
    node types the autoscaler may add (read from ``~/ray_bootstrap_config.yaml`` on
    the head node). A local Ray has only its own node.
 2. **Backend.** One probe task, with the same resources and worker reuse as the
-   sub-tile tasks, builds the backend on a worker (importing SHINE and JAX there) —
-   the worker then stays warm for the first sub-tiles. It also reports where JAX
-   computes, so that GPU tasks silently running on the CPU are pointed out.
+   sub-tile tasks, builds the backend on a worker (importing SHINE and JAX there,
+   and what a sub-tile task imports besides) — the worker then stays warm for the
+   first sub-tiles. The other task slots of the cluster get the same probe, not
+   waited for, so that their workers warm up at the same time instead of at their
+   first sub-tile. It also reports where JAX computes, so that GPU tasks silently
+   running on the CPU are pointed out. With ``runtime.executor: local`` the backend
+   is built in the flow's own process instead.
 
 Each problem comes with the setting that fixes it; :class:`PreflightError` carries
 them all, its message is the first.
@@ -115,6 +119,15 @@ def _resource_problem(settings: Settings, request: dict[str, float], best: dict[
     return Problem(cause, fix)
 
 
+def _slots(request: Mapping[str, float], nodes: Sequence[Mapping[str, float]]) -> int:
+    """How many tasks of ``request`` the ``nodes`` hold at once."""
+    total = 0
+    for node in nodes:
+        fits = [float(node.get(k, 0.0)) / v for k, v in request.items() if v > 0]
+        total += int(min(fits)) if fits else 0
+    return total
+
+
 def _task_request(settings: Settings) -> dict[str, float]:
     ray_cfg = settings.runtime.ray
     return {"GPU": ray_cfg.num_gpus_per_task, "CPU": ray_cfg.num_cpus_per_task}
@@ -181,6 +194,11 @@ def probe_backend(payload: str) -> dict[str, Any]:
         backend = get_backend(settings)
     except BackendUnavailableError as exc:
         return {"ok": False, "error": str(exc), "host": platform.node()}
+    # what a worker's first sub-tile task imports besides the backend (~4 s on 2 cores)
+    import prefect.task_engine  # noqa: F401
+
+    import flows.infer  # noqa: F401
+
     return {
         "ok": True,
         "backend": backend.name,
@@ -260,6 +278,11 @@ def preflight(settings: Settings, payload: str) -> dict[str, Any]:
         options = {"num_gpus": 0, "num_cpus": min(request["CPU"], max(best.get("CPU", 0), 0))}
     probe = ray.remote(max_calls=0)(probe_backend).options(name="preflight", **options)
     ref = probe.remote(payload)
+    if best is None:
+        # the other task slots' workers build the backend too, now, instead of at their
+        # first sub-tile; not waited for (a slow node must not hold the verdict back)
+        for _ in range(min(_slots(request, nodes), settings.runtime.max_in_flight) - 1):
+            probe.remote(payload)
     found: dict[str, Any] = {}
     try:
         found = _get(ref, ray_cfg.preflight_timeout_s)

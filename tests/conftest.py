@@ -33,6 +33,18 @@ from tests.fixtures.shine import shine_euclid  # noqa: F401  (fixture)
 
 os.environ["DO_NOT_TRACK"] = "1"
 
+#: Fixtures that start a server or a cluster (Prefect's API, Ray, the moto S3 server):
+#: a test that uses one, directly or through another fixture, is an ``integration`` test.
+INTEGRATION_FIXTURES = frozenset({"prefect_api", "local_ray", "s3_endpoint"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests that use :data:`INTEGRATION_FIXTURES` ``integration`` (tests that
+    start subprocesses say so themselves), for the fast loop ``-m "not integration"``."""
+    for item in items:
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(autouse=True)
 def _isolate_constellation_env(monkeypatch: pytest.MonkeyPatch) -> None:

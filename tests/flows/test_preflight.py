@@ -9,7 +9,13 @@ import pytest
 
 from constellation.config import Settings
 from flows.common import settings_json
-from flows.preflight import PreflightError, _read_node_types, preflight, resource_shortfall
+from flows.preflight import (
+    PreflightError,
+    _read_node_types,
+    _slots,
+    preflight,
+    resource_shortfall,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +37,16 @@ def test_resource_shortfall() -> None:
     types = {"gpu": {"CPU": 8.0, "GPU": 4.0}}
     assert resource_shortfall({"GPU": 4, "CPU": 1}, nodes, types) is None
     assert resource_shortfall({"GPU": 1}, [{"CPU": 0.0}]) == {"GPU": 0.0}
+
+
+def test_task_slots_of_the_nodes() -> None:
+    """How many sub-tile tasks the nodes hold at once: the preflight warms that many
+    workers. The scarcest resource of each node decides; nodes add up."""
+    nodes = [{"CPU": 2.0, "GPU": 2.0}, {"CPU": 16.0}]
+    assert _slots({"GPU": 1, "CPU": 0.5}, nodes) == 2
+    assert _slots({"GPU": 0, "CPU": 1}, nodes) == 18
+    assert _slots({"GPU": 1, "CPU": 4}, nodes) == 0
+    assert _slots({"GPU": 0.5, "CPU": 0.5}, [{"CPU": 8.0, "GPU": 1.0}]) == 2
 
 
 def test_node_types_of_this_projects_cluster(
