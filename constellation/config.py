@@ -60,6 +60,7 @@ __all__ = [
     "config_hash",
     "dump_config",
     "load_config",
+    "preparation_hash",
 ]
 
 ENV_PREFIX = "CONSTELLATION_"
@@ -623,6 +624,11 @@ class Settings(BaseSettings):
         """Stable hash of the science configuration (see :func:`config_hash`)."""
         return config_hash(self.science)
 
+    @property
+    def preparation_hash(self) -> str:
+        """Hash of the science configuration but the backend (:func:`preparation_hash`)."""
+        return preparation_hash(self.science)
+
     def with_backend(self, name: str | None) -> Settings:
         """These settings with ``science.backend.name`` set to ``name`` (unchanged for
         ``None``): the configuration a ``--backend`` option actually runs with."""
@@ -634,27 +640,22 @@ class Settings(BaseSettings):
 
 
 def config_hash(science: ScienceConfig) -> str:
-    """Return a stable short hash of the science configuration.
+    """A stable short hash of the science configuration: the first 16 hex digits of
+    the SHA-256 of its canonical JSON form (sorted keys, compact separators), whatever
+    the key order of the YAML file and the runtime configuration. Results carry it."""
+    return _digest(science.model_dump(mode="json"))
 
-    Parameters
-    ----------
-    science
-        The science half of the configuration.
 
-    Returns
-    -------
-    str
-        The first 16 hex digits of the SHA-256 of the canonical JSON form (sorted
-        keys, compact separators). It does not depend on key order in the YAML
-        file nor on the runtime configuration.
-    """
-    canonical = json.dumps(
-        science.model_dump(mode="json"),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+def preparation_hash(science: ScienceConfig) -> str:
+    """The hash of what preparation depends on: :func:`config_hash`'s form of the science
+    configuration without its ``backend`` section (which backend fits a sub-tile, and
+    how, changes its results, not its manifest). Manifests carry it."""
+    return _digest(science.model_dump(mode="json", exclude={"backend"}))
+
+
+def _digest(doc: Any) -> str:
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                           allow_nan=False)  # fmt: skip
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:_HASH_LENGTH]
 
 

@@ -119,7 +119,8 @@ def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool
         healpix_order=settings.science.healpix.source_order,
         partition_order=settings.science.healpix.partition_order,
         skip_done=not force,
-        expected_config_hash=settings.config_hash,
+        config_hash=settings.config_hash,
+        expected_preparation_hash=settings.preparation_hash,
     )
     if outcome.status == "failed":
         raise SubTileFailedError.from_outcome(outcome)
@@ -209,7 +210,10 @@ def _not_done(payload: str, urls: list[str], summary: OutcomeSummary) -> list[st
     todo = []
     for url in urls:
         try:
-            done = already_done(url, storage, settings.science.backend.name, settings.config_hash)
+            done = already_done(
+                url, storage, settings.science.backend.name, settings.config_hash,
+                settings.preparation_hash,
+            )  # fmt: skip
         except (OSError, ValueError):
             done = None
         if done is None:

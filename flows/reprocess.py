@@ -93,7 +93,9 @@ def reprocess_field(
     now = changes.catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
     by_catalogs = changes.changed_catalog_tiles(state.get("catalogs", {}), now, readers)
     by_catalogs &= set(field)
-    by_config = changes.stale_config_tiles(storage, work, field, settings.config_hash)
+    by_config = changes.stale_config_tiles(
+        storage, work, field, settings.preparation_hash, state, settings.config_hash
+    )
 
     affected = sorted(by_exposures | by_catalogs | by_config)
     log.info(

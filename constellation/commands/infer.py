@@ -104,7 +104,8 @@ def infer(
                 outcome = infer_subtile(
                     url, storage, backend, run_id=rid, healpix_order=order,
                     partition_order=settings.science.healpix.partition_order,
-                    skip_done=not force, expected_config_hash=settings.config_hash,
+                    skip_done=not force, config_hash=settings.config_hash,
+                    expected_preparation_hash=settings.preparation_hash,
                 )  # fmt: skip
             except Exception as exc:  # the manifest cannot be read or is stale
                 verdict = classify(exc)

@@ -102,7 +102,7 @@ class MockBackend:
         if not item.manifest.exposures:
             raise NothingToFitError("no exposures", "the sub-tile has no quadrant exposures")
         rng = np.random.default_rng(
-            subtile_seed(ident.tile_id, ident.row, ident.col, ident.config_hash)
+            subtile_seed(ident.tile_id, ident.row, ident.col, ident.preparation_hash)
         )
         fail_draw, noise1, noise2 = rng.random(), rng.standard_normal(), rng.standard_normal()
         core = item.core_sources

@@ -2,7 +2,7 @@
 
 One YAML document per sub-tile, readable on its own (see ``docs/manifest.md``):
 
-* ``identity`` — tile id, row, column, science-config hash, code version;
+* ``identity`` — tile id, row, column, preparation hash, code version;
 * ``geometry`` — the tile centre, the core and extended boxes in the tile's
   tangent plane (arcmin, ``x`` west, ``y`` north) and their sky polygons;
 * ``exposures`` — one entry per quadrant exposure overlapping the extended box,
@@ -43,8 +43,11 @@ __all__ = [
     "parse_manifest",
 ]
 
-#: Bumped on any incompatible change of the manifest schema.
-MANIFEST_VERSION: Literal[1] = 1
+#: Bumped on any incompatible change of the manifest schema. Version 2: the identity
+#: carries the ``preparation_hash`` (the science configuration without its backend
+#: section) instead of version 1's ``config_hash`` (all of it), so that switching
+#: backends keeps the manifests, and with them the results of the other backend.
+MANIFEST_VERSION: Literal[2] = 2
 
 # Safe loading only: tags such as !!python/object are errors, never constructed.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -66,7 +69,10 @@ class ManifestIdentity(_Model):
     tile_id: int = Field(description="Euclid MER tile index.")
     row: int = Field(ge=0, description="Sub-tile row (0 = southernmost).")
     col: int = Field(ge=0, description="Sub-tile column (0 = easternmost).")
-    config_hash: str = Field(description="Hash of the science configuration (16 hex digits).")
+    preparation_hash: str = Field(
+        description="Hash of the science configuration without its backend section "
+        "(16 hex digits): what the manifest was prepared under."
+    )
     code_version: str = Field(description="constellation version that wrote the manifest.")
 
 
@@ -170,7 +176,7 @@ class ShinePassThrough(_Model):
 class SubTileManifest(_Model):
     """The versioned sub-tile manifest (constellation -> SHINE)."""
 
-    manifest_version: Literal[1] = MANIFEST_VERSION
+    manifest_version: Literal[2] = MANIFEST_VERSION
     identity: ManifestIdentity
     geometry: ManifestGeometry
     exposures: list[QuadrantExposure] = Field(
@@ -434,9 +440,12 @@ def parse_manifest(data: bytes | str) -> SubTileManifest:
         raise ManifestError("a manifest must be a YAML mapping")
     version = raw.get("manifest_version")
     if version != MANIFEST_VERSION:
+        older = isinstance(version, int) and 1 <= version < MANIFEST_VERSION
         raise ManifestError(
             f"unsupported manifest_version {version!r} (expected {MANIFEST_VERSION})"
-        )
+            + ("; it was written by an older constellation: run 'constellation prepare' again"
+               if older else "")
+        )  # fmt: skip
     try:
         return SubTileManifest.model_validate(raw)
     except ValidationError as exc:

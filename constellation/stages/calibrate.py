@@ -99,7 +99,8 @@ def _run_field(
                 url, storage, backend, run_id=run_id,
                 healpix_order=settings.science.healpix.source_order,
                 partition_order=settings.science.healpix.partition_order,
-                expected_config_hash=settings.config_hash,
+                config_hash=settings.config_hash,
+                expected_preparation_hash=settings.preparation_hash,
             )  # fmt: skip
     assemble(settings, run_id=run_id)
     subtiles = open_catalog(settings).read(SUBTILES)

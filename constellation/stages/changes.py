@@ -157,9 +157,20 @@ def changed_catalog_tiles(
 
 
 def stale_config_tiles(
-    storage: Storage, work_uri: str, tile_ids: Iterable[int], config_hash: str
+    storage: Storage,
+    work_uri: str,
+    tile_ids: Iterable[int],
+    preparation_hash: str,
+    state: Mapping[str, Any] | None = None,
+    config_hash: str | None = None,
 ) -> set[int]:
-    """Tiles never prepared, or prepared under another science config hash."""
+    """Tiles never prepared or prepared under another preparation hash; and every tile
+    when the last run (``state``) ran under a science configuration other than
+    ``config_hash`` (a backend setting changed: manifests stay, results are redone)."""
+    tile_ids = [int(t) for t in tile_ids]
+    last = (state or {}).get("config_hash")
+    if config_hash is not None and last is not None and last != config_hash:
+        return set(tile_ids)
     stale: set[int] = set()
     for tid in tile_ids:
         url = layout.done_url(work_uri, int(tid), 0, 0)
@@ -168,7 +179,7 @@ def stale_config_tiles(
         except (OSError, ValueError):
             stale.add(int(tid))
             continue
-        if doc.get("config_hash") != config_hash:
+        if doc.get("preparation_hash") != preparation_hash:
             stale.add(int(tid))
     return stale
 

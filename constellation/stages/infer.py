@@ -240,31 +240,39 @@ class OutcomeSummary:
 
 
 def _read_manifest(
-    manifest_url: str, storage: Storage, expected_config_hash: str | None
+    manifest_url: str, storage: Storage, expected_preparation_hash: str | None
 ) -> tuple[SubTileManifest, str]:
-    """The manifest and the SHA-256 of its bytes; a manifest of another configuration
-    is a ``ValueError`` when ``expected_config_hash`` is given."""
+    """The manifest and the SHA-256 of its bytes; a manifest prepared under another
+    configuration is a ``ValueError`` when ``expected_preparation_hash`` is given."""
     manifest_bytes = storage.read_bytes(manifest_url)
     manifest = parse_manifest(manifest_bytes)
     ident = manifest.identity
-    if expected_config_hash is not None and ident.config_hash != expected_config_hash:
+    if (
+        expected_preparation_hash is not None
+        and ident.preparation_hash != expected_preparation_hash
+    ):
         raise ValueError(
-            f"{manifest_url}: prepared with science config {ident.config_hash}, but the "
-            f"current one is {expected_config_hash}; run 'constellation prepare' again"
+            f"{manifest_url}: prepared under preparation hash {ident.preparation_hash}, but "
+            f"the current configuration's is {expected_preparation_hash}; run 'constellation "
+            "prepare' again"
         )
     return manifest, hashlib.sha256(manifest_bytes).hexdigest()
 
 
 def already_done(
-    manifest_url: str, storage: Storage, backend_name: str, expected_config_hash: str | None
+    manifest_url: str,
+    storage: Storage,
+    backend_name: str,
+    config_hash: str,
+    expected_preparation_hash: str | None = None,
 ) -> InferOutcome | None:
     """The ``done`` outcome of a sub-tile whose final result :func:`infer_subtile` would
-    find (same manifest bytes, configuration and backend), else None: lets a driver
-    skip it without dispatching anything. Raises as :func:`infer_subtile` does for an
-    unreadable manifest or one of another configuration."""
-    manifest, sha = _read_manifest(manifest_url, storage, expected_config_hash)
+    find (same manifest bytes, science configuration and backend), else None: lets a
+    driver skip it without dispatching anything. Raises as :func:`infer_subtile` does
+    for an unreadable manifest or one prepared under another configuration."""
+    manifest, sha = _read_manifest(manifest_url, storage, expected_preparation_hash)
     ident = manifest.identity
-    if is_done(storage, subtile_dir_of(manifest_url), ident.config_hash, backend_name, sha):
+    if is_done(storage, subtile_dir_of(manifest_url), config_hash, backend_name, sha):
         return InferOutcome(ident.tile_id, ident.row, ident.col, "done", 0.0)
     return None
 
@@ -275,7 +283,11 @@ def subtile_dir_of(manifest_url: str) -> str:
 
 
 def _source_rows(
-    core: pa.Table, fitted: pa.Table | None, manifest: SubTileManifest, run_id: str
+    core: pa.Table,
+    fitted: pa.Table | None,
+    manifest: SubTileManifest,
+    run_id: str,
+    config_hash: str,
 ) -> pa.Table:
     """Core sources with the fitted parameters (null where the backend gave none)."""
     ident = manifest.identity
@@ -311,7 +323,7 @@ def _source_rows(
         for name in params:
             base[name] = pa.nulls(n, pa.float64())
     base["run_id"] = pa.array([run_id] * n, pa.string())
-    base["config_hash"] = pa.array([ident.config_hash] * n, pa.string())
+    base["config_hash"] = pa.array([config_hash] * n, pa.string())
     return pa.table(base).select(SOURCE_SCHEMA.names).cast(SOURCE_SCHEMA)
 
 
@@ -326,6 +338,7 @@ def _subtile_row(
     error: str | None,
     t_total: float,
     run_id: str,
+    config_hash: str,
     healpix_order: int,
 ) -> dict[str, Any]:
     ident = manifest.identity
@@ -353,7 +366,7 @@ def _subtile_row(
         "t_total_s": t_total,
         "finished_at": datetime.now(UTC),
         "run_id": run_id,
-        "config_hash": ident.config_hash,
+        "config_hash": config_hash,
         "code_version": __version__,
         "shear_convention": SHEAR_CONVENTION,
     }
@@ -392,7 +405,8 @@ def infer_subtile(
     healpix_order: int,
     partition_order: int = DEFAULT_PARTITION_ORDER,
     skip_done: bool = True,
-    expected_config_hash: str | None = None,
+    config_hash: str | None = None,
+    expected_preparation_hash: str | None = None,
 ) -> InferOutcome:
     """Infer one sub-tile and write its result next to the manifest.
 
@@ -411,11 +425,14 @@ def infer_subtile(
         sub-tile centre at this order (the catalog's partition).
     skip_done
         Return ``done`` without running when an ``ok`` or ``skipped`` result of this
-        backend from the same manifest bytes (hence the same config hash and inputs)
-        exists. Failed sub-tiles are run again.
-    expected_config_hash
-        When given, a manifest prepared under another science configuration is an
-        error (re-run ``prepare``) rather than silently mixing configurations.
+        backend and science configuration from the same manifest bytes exists. Failed
+        sub-tiles are run again.
+    config_hash
+        The run's science configuration hash (``Settings.config_hash``), recorded in
+        every row; None: the manifest's preparation hash (tools without settings).
+    expected_preparation_hash
+        When given, a manifest prepared under another configuration is an error
+        (re-run ``prepare``) rather than silently mixing configurations.
 
     Returns
     -------
@@ -432,10 +449,11 @@ def infer_subtile(
         there is no sub-tile identity to write a ``failed`` result under.
     """
     t0 = time.perf_counter()
-    manifest, manifest_sha = _read_manifest(manifest_url, storage, expected_config_hash)
+    manifest, manifest_sha = _read_manifest(manifest_url, storage, expected_preparation_hash)
     ident = manifest.identity
+    chash = config_hash if config_hash is not None else ident.preparation_hash
     folder = subtile_dir_of(manifest_url)
-    if skip_done and is_done(storage, folder, ident.config_hash, backend.name, manifest_sha):
+    if skip_done and is_done(storage, folder, chash, backend.name, manifest_sha):
         return InferOutcome(ident.tile_id, ident.row, ident.col, "done", 0.0)
 
     out: BackendOutput | None = None
@@ -448,7 +466,7 @@ def infer_subtile(
         sources = pq.read_table(io.BytesIO(storage.read_bytes(src_url)))
         core = sources.filter(sources.column("in_core"))
         out = backend.run(SubTileInput(manifest, manifest_url, sources, storage))
-        rows = _source_rows(core, out.sources, manifest, run_id)
+        rows = _source_rows(core, out.sources, manifest, run_id, chash)
     except Exception as exc:  # classified by type: skipped, failed or unavailable
         verdict = classify(exc)
         error = _error_text(exc)
@@ -477,6 +495,7 @@ def infer_subtile(
         error=error,
         t_total=time.perf_counter() - t0,
         run_id=run_id,
+        config_hash=chash,
         healpix_order=healpix_order,
     )
     write_result(

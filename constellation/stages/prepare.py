@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 
 from constellation import __version__
-from constellation.config import ExposurePolicy, ScienceConfig, Settings, config_hash
+from constellation.config import ExposurePolicy, ScienceConfig, Settings, preparation_hash
 from constellation.discovery.match import PlaneFootprints, footprints_from_table
 from constellation.manifest import layout
 from constellation.manifest.subtile import (
@@ -91,7 +91,7 @@ QUADRANT_COLUMNS = (
     "psf_url", "psf_header_offset", "psf_data_offset", "psf_data_bytes",
 )  # fmt: skip
 
-_DONE_VERSION = 1
+_DONE_VERSION = 2  # 2: the preparation hash (not the whole science config hash)
 
 
 class TileSpec(BaseModel):
@@ -425,7 +425,7 @@ def prepare_tile(
     """
     sci = science if science is not None else ScienceConfig()
     policy = sci.exposures
-    chash = config_hash(sci)
+    chash = preparation_hash(sci)
     own = _with_tile_id(own_table, tile.tile_id)
     reach = tile.reach_box(grid.margin_arcmin)
     if other_table is not None and other_table.num_rows:
@@ -514,7 +514,7 @@ def prepare_tile(
             exposures.append(exposure_cache[r])
         manifest = SubTileManifest(
             identity=ManifestIdentity(tile_id=tile.tile_id, row=st.row, col=st.col,
-                                      config_hash=chash, code_version=__version__),
+                                      preparation_hash=chash, code_version=__version__),
             geometry=ManifestGeometry(
                 tile_ra_deg=tile.ra_deg, tile_dec_deg=tile.dec_deg,
                 tile_core_size_arcmin=tile.core_size_arcmin, margin_arcmin=grid.margin_arcmin,
@@ -546,7 +546,7 @@ def _sha256(data: bytes) -> str:
 def _done_bytes(chash: str, fingerprint: str, files: dict[str, str]) -> bytes:
     doc = {
         "version": _DONE_VERSION,
-        "config_hash": chash,
+        "preparation_hash": chash,
         "inputs_fingerprint": fingerprint,
         "outputs": files,
     }
@@ -570,7 +570,7 @@ def write_subtiles(
     tile_id: int,
     prepared: Sequence[PreparedSubTile],
     *,
-    config_hash_value: str,
+    preparation_hash_value: str,
     fingerprint: str,
 ) -> tuple[int, int, int]:
     """Write each sub-tile's files where they differ; the done marker last.
@@ -587,7 +587,7 @@ def write_subtiles(
             layout.MANIFEST_NAME: p.manifest_bytes,
         }
         done = _done_bytes(
-            config_hash_value, fingerprint, {k: _sha256(v) for k, v in outputs.items()}
+            preparation_hash_value, fingerprint, {k: _sha256(v) for k, v in outputs.items()}
         )
         urls = {
             layout.SOURCES_NAME: layout.sources_url(work_uri, tile_id, p.row, p.col),
@@ -647,14 +647,14 @@ def run_one(item: PrepareItem, storage: Storage) -> PrepareResult:
     tile = item.tile.to_tile()
     sci = item.science
     grid = sci.tiling.grid()
-    chash = config_hash(sci)
+    chash = preparation_hash(sci)
 
     own_info = find_catalog(storage, item.data_uri, tile.tile_id)
     neighbour_infos = {n: find_catalog(storage, item.data_uri, n) for n in item.neighbours}
     index_url = layout.quadrant_index_url(item.work_uri)
     index_info = storage.info(index_url) if storage.exists(index_url) else None
     doc = {
-        "config_hash": chash,
+        "preparation_hash": chash,
         "code_version": __version__,
         "tile": item.tile.model_dump(mode="json"),
         "own": None if own_info is None else _file_fingerprint(storage, own_info),
@@ -702,7 +702,7 @@ def run_one(item: PrepareItem, storage: Storage) -> PrepareResult:
     prepared = prepare_tile(tile, grid, own, other, quads, science=sci)
     written, unchanged, files = write_subtiles(
         storage, item.work_uri, tile.tile_id, prepared,
-        config_hash_value=chash, fingerprint=fingerprint,
+        preparation_hash_value=chash, fingerprint=fingerprint,
     )  # fmt: skip
     exposures = {(e.exposure, e.quadrant) for p in prepared for e in p.manifest.exposures}
     return PrepareResult(

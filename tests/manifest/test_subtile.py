@@ -50,7 +50,7 @@ def _manifest(n_exposures: int = 60) -> SubTileManifest:
     ]  # fmt: skip
     return SubTileManifest(
         identity=ManifestIdentity(
-            tile_id=102018211, row=1, col=2, config_hash="0123456789abcdef", code_version="1"
+            tile_id=102018211, row=1, col=2, preparation_hash="0123456789abcdef", code_version="1"
         ),
         geometry=ManifestGeometry(
             tile_ra_deg=0.0,
@@ -97,7 +97,7 @@ def test_load_manifest_reads_a_file(tmp_path: Path) -> None:
 
 
 def test_wrong_version_is_refused() -> None:
-    text = dump_manifest(_manifest(1)).replace(b"manifest_version: 1", b"manifest_version: 2")
+    text = dump_manifest(_manifest(1)).replace(b"manifest_version: 2", b"manifest_version: 3")
     with pytest.raises(ValueError, match="manifest_version"):
         parse_manifest(text)
 

@@ -484,15 +484,18 @@ def test_manifest_paths_escaping_the_staging_root_are_refused(
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (lambda t: t.replace("manifest_version: 1", "manifest_version: 99"),
-         "unsupported manifest_version 99 (expected 1)"),
-        (lambda t: t.replace("manifest_version: 1\n", ""),
-         "unsupported manifest_version None (expected 1)"),
+        (lambda t: t.replace("manifest_version: 2", "manifest_version: 99"),
+         "unsupported manifest_version 99 (expected 2)"),
+        (lambda t: t.replace("manifest_version: 2", "manifest_version: 1"),
+         "unsupported manifest_version 1 (expected 2); it was written by an older "
+         "constellation: run 'constellation prepare' again"),
+        (lambda t: t.replace("manifest_version: 2\n", ""),
+         "unsupported manifest_version None (expected 2)"),
         (lambda t: re.sub(r"n_core: \d+", "n_core: -5", t),
          "invalid manifest: sources.n_core: Input should be greater than or equal to 0"),
         (lambda t: t[: len(t) // 2] + "\n  - [unclosed\n", "not valid YAML"),
     ],
-    ids=["unknown-version", "no-version", "schema", "broken-yaml"],
+    ids=["unknown-version", "older-version", "no-version", "schema", "broken-yaml"],
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["infer", "stage", "plan"])
 def test_unusable_manifest_is_reported_and_nothing_is_written(

@@ -3,7 +3,12 @@ rerun start without Ray and the preflight)."""
 
 from __future__ import annotations
 
-from constellation.stages.changes import next_state, ran_before
+import json
+from pathlib import Path
+
+from constellation.io.storage import Storage
+from constellation.manifest import layout
+from constellation.stages.changes import next_state, ran_before, stale_config_tiles
 
 
 def test_completed_tiles_accumulate_under_one_configuration() -> None:
@@ -31,3 +36,20 @@ def test_a_run_with_failures_adds_no_tile() -> None:
     assert after_failure["tiles_run"] == [1]
     assert not ran_before(after_failure, "hashA", [1, 2])
     assert not ran_before({}, "hashA", [1])  # no state: never ran
+
+
+def test_stale_tiles_by_preparation_and_by_configuration(tmp_path: Path) -> None:
+    """A tile is redone for its configuration when it was prepared under another
+    preparation hash (or never), and every tile is when the last run ran under another
+    science configuration (a backend setting changed: same manifests, new results)."""
+    work = str(tmp_path)
+    for tile, prep in ((1, "prepA"), (2, "prepB")):
+        url = Path(layout.done_url(work, tile, 0, 0))
+        url.parent.mkdir(parents=True)
+        url.write_text(json.dumps({"preparation_hash": prep}))
+    storage = Storage()
+    assert stale_config_tiles(storage, work, [1, 2, 3], "prepA") == {2, 3}  # 3: never
+    state = next_state({}, {}, "hashA", [1])
+    assert stale_config_tiles(storage, work, [1, 2], "prepA", state, "hashA") == {2}
+    assert stale_config_tiles(storage, work, [1, 2], "prepA", state, "hashB") == {1, 2}
+    assert stale_config_tiles(storage, work, [1], "prepA", {}, "hashB") == set()  # no run yet

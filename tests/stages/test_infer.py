@@ -57,7 +57,8 @@ def _run_all(
             backend,
             run_id=run_id,
             healpix_order=29,
-            expected_config_hash=None if science else settings.config_hash,
+            config_hash=settings.config_hash,
+            expected_preparation_hash=settings.preparation_hash,
         )
         for u in _manifests(field, work, n_tiles)
     ]
@@ -88,7 +89,7 @@ def test_results_match_the_contract(prepared_field: PreparedField, truth_run: Pa
         assert row["n_sources_core"] == manifest.sources.n_core == result.sources.num_rows
         assert row["n_sources_modelled"] == manifest.sources.n_extended
         assert row["n_exposures"] == len(manifest.exposures)
-        assert row["config_hash"] == manifest.identity.config_hash
+        assert row["config_hash"] == prepared_field.settings().config_hash  # the run's
         # every reported source lies in this sub-tile's core and carries truth parameters
         assert result.sources.column("subtile_row").to_pylist() == [row["subtile_row"]] * (
             result.sources.num_rows
@@ -135,9 +136,8 @@ def test_mock_is_deterministic(prepared_field: PreparedField) -> None:
     assert outs[0].g2 == outs[1].g2
     assert outs[0].sources.equals(outs[1].sources)
     ident = manifest.identity
-    seeds = {
-        subtile_seed(ident.tile_id, r, c, ident.config_hash) for r in range(4) for c in range(4)
-    }
+    key = ident.preparation_hash
+    seeds = {subtile_seed(ident.tile_id, r, c, key) for r in range(4) for c in range(4)}
     assert len(seeds) == 16
     assert subtile_seed(1, 0, 0, "a") != subtile_seed(1, 0, 0, "b")
 
@@ -149,13 +149,20 @@ def test_random_mode_is_plausible(prepared_field: PreparedField, tmp_path: Path)
     clear_backends()
     backend = get_backend(settings)
     url = _manifests(prepared_field, work)[0]
-    # prepared under another science config: refused, not silently mixed
+    # prepared under another configuration: refused, not silently mixed
     with pytest.raises(ValueError, match="run 'constellation prepare' again"):
         infer_subtile(url, storage, backend, run_id="r", healpix_order=29,
-                      expected_config_hash=settings.config_hash)  # fmt: skip
-    outcome = infer_subtile(url, storage, backend, run_id="r", healpix_order=29)
+                      expected_preparation_hash="f" * 16)  # fmt: skip
+    # another backend setting is not another preparation: the manifest serves as it is,
+    # the rows carry the configuration the sub-tile ran with
+    assert settings.config_hash != prepared_field.settings().config_hash
+    assert settings.preparation_hash == prepared_field.settings().preparation_hash
+    outcome = infer_subtile(url, storage, backend, run_id="r", healpix_order=29,
+                            config_hash=settings.config_hash,
+                            expected_preparation_hash=settings.preparation_hash)  # fmt: skip
     assert outcome.status == "ok"
     row = read_result(storage, layout.join(subtile_dir_of(url), layout.RESULT_NAME)).row
+    assert row["config_hash"] == settings.config_hash
     assert row["method"] == "mock-random"
     assert abs(row["g1"]) < 0.3
     assert abs(row["g2"]) < 0.3

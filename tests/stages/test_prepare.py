@@ -17,6 +17,8 @@ from constellation.config import (
     ScienceConfig,
     Settings,
     StorageConfig,
+    config_hash,
+    preparation_hash,
 )
 from constellation.io.mer_catalogs import find_catalog, read_mer_catalog
 from constellation.io.storage import Storage
@@ -207,7 +209,7 @@ def test_rerun_writes_nothing_and_outputs_are_byte_identical(
             # the input fingerprint names the (different) quadrant-index path
             a, b = json.loads(mine), json.loads(theirs)
             assert a["outputs"] == b["outputs"]
-            assert a["config_hash"] == b["config_hash"]
+            assert a["preparation_hash"] == b["preparation_hash"]
         else:
             assert mine == theirs, rel
     # a changed done marker (e.g. after an input change) re-checks bytes: still nothing rewritten
@@ -221,6 +223,20 @@ def test_rerun_writes_nothing_and_outputs_are_byte_identical(
     assert not first.skipped
     assert first.written == 1
     assert first.files_written == 1
+
+
+def test_another_backend_keeps_the_manifests(field: Field, work: Path) -> None:
+    """Which backend fits, and how, is not part of a manifest: switching the backend
+    (or its settings) re-prepares nothing, so the other backend's results stay valid.
+    Any other science setting re-prepares."""
+    mock = ScienceConfig.model_validate(
+        {"backend": {"name": "mock", "mock": {"mode": "random", "fail_rate": 0.5}}}
+    )
+    assert config_hash(mock) != config_hash(ScienceConfig())
+    again = _prepare(field, work, mock)
+    assert all(r.skipped and r.written == 0 for r in again)
+    exposures = ScienceConfig(exposures=ExposurePolicy(include_short=True))
+    assert preparation_hash(exposures) != preparation_hash(ScienceConfig())
 
 
 def test_byte_ranges_point_at_the_extension(field: Field, work: Path) -> None:
