@@ -177,7 +177,7 @@ def main() -> None:
             t0 = time.perf_counter()
             prepared = prepare_tile(tile, grid, own, other, quads, science=science)
             write_subtiles(Storage(), tmp, tile.tile_id, prepared,
-                           config_hash_value="0" * 16, fingerprint="bench")  # fmt: skip
+                           preparation_hash_value="0" * 16, fingerprint="bench")  # fmt: skip
             times.append(time.perf_counter() - t0)
     elapsed = float(np.median(times))
     with tempfile.TemporaryDirectory() as tmp:

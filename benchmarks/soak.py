@@ -145,7 +145,7 @@ def failing_subtiles(settings: Any, tiles: list[int]) -> set[tuple[int, int, int
     for tile in tiles:
         for r in range(grid.n_rows):
             for c in range(grid.n_cols):
-                seed = subtile_seed(tile, r, c, settings.config_hash)
+                seed = subtile_seed(tile, r, c, settings.preparation_hash)
                 if np.random.default_rng(seed).random() < rate:
                     out.add((tile, r, c))
     return out

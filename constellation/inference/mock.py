@@ -55,9 +55,9 @@ class MockFailureError(SubTileDataError):
     data problem (the same sub-tile fails the same way every time)."""
 
 
-def subtile_seed(tile_id: int, row: int, col: int, config_hash: str) -> int:
-    """A 64-bit seed from the sub-tile identity and the config hash."""
-    key = f"{int(tile_id)}/{int(row)}/{int(col)}/{config_hash}".encode()
+def subtile_seed(tile_id: int, row: int, col: int, preparation_hash: str) -> int:
+    """A 64-bit seed from the sub-tile identity and the manifest's preparation hash."""
+    key = f"{int(tile_id)}/{int(row)}/{int(col)}/{preparation_hash}".encode()
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "little")
 
 
