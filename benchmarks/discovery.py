@@ -49,8 +49,8 @@ from pathlib import Path
 
 
 def _det(tmp: Path) -> dict[str, object]:
-    from constellation.discovery.observations import list_observations
     from constellation.io.fits_extensions import read_extension_headers
+    from constellation.io.observations import list_observations
     from constellation.io.storage import Storage
     from constellation.simulate import FieldSpec
     from constellation.simulate.run import simulate_field

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"backend_init_s={time.perf_counter() - t0:.2f}")
     truth = None
     try:
-        from constellation.simulate.truth import load_truth_field
+        from constellation.truth import load_truth_field
 
         truth = load_truth_field(storage, join(settings.runtime.storage.data_uri, "truth"))
     except FileNotFoundError:

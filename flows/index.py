@@ -34,7 +34,7 @@ def resolve_registry_task(payload: str, tiles: list[int] | None = None) -> list[
 @task(name="build-quadrant-index", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def build_index_task(payload: str, full: bool = False) -> dict[str, Any]:
     """Build or update the quadrant index; return its summary."""
-    from constellation.discovery.observations import list_observations
+    from constellation.io.observations import list_observations
     from constellation.io.quadrant_index import build_quadrant_index
 
     settings = settings_from_json(payload)

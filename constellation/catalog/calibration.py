@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from constellation.simulate.truth import TruthField
+    from constellation.truth import TruthField
 
 __all__ = ["Calibration", "ComponentBias", "fit_calibration", "subtile_shears"]
 
@@ -136,7 +136,7 @@ def subtile_shears(
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64]]:
     """``(injected, recovered, keys)`` for the ``ok`` rows of a ``subtiles`` table (Arrow,
     as the catalog returns it): ``(n, 2)`` arrays of the mean recovered shear of each
-    sub-tile against the shear ``truth`` (:class:`~constellation.simulate.truth.TruthField`)
+    sub-tile against the shear ``truth`` (:class:`~constellation.truth.TruthField`)
     injected at its centre, and each row's sub-tile as ``tile_id * 10000 + row * 100 + col``."""
     ok: NDArray[np.bool_] = np.asarray(subtiles.column("status").to_pylist()) == "ok"
 

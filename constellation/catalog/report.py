@@ -42,7 +42,7 @@ from constellation.catalog.iceberg import SOURCES, SUBTILES, ShearCatalog, open_
 from constellation.config import Settings
 from constellation.io.storage import Storage, local_path, storage_from_config
 from constellation.manifest import layout
-from constellation.simulate.truth import TruthField, load_truth_field
+from constellation.truth import TruthField, load_truth_field
 
 __all__ = [
     "LinearFit",

@@ -33,7 +33,7 @@ def index(
 
     An exposure whose files are not readable FITS is reported on one line and left out
     (the others are indexed; the next run reads it again); the exit code is then 1."""
-    from constellation.discovery.observations import list_observations
+    from constellation.io.observations import list_observations
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.storage import join_url, storage_from_config
 

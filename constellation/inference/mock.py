@@ -45,7 +45,7 @@ from constellation.inference.base import (
     core_centre,
 )
 from constellation.io.storage import Storage
-from constellation.simulate.truth import TruthField, load_truth_field, load_truth_sources
+from constellation.truth import TruthField, load_truth_field, load_truth_sources
 
 __all__ = ["MockBackend", "MockFailureError", "subtile_seed"]
 

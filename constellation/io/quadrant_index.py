@@ -1,6 +1,6 @@
 """Build (and read) the quadrant index from the DET, BKG and PSF extension headers.
 
-For every exposure of an :class:`~constellation.discovery.observations.ObservationIndex`
+For every exposure of an :class:`~constellation.io.observations.ObservationIndex`
 the extension headers of its DET file (``{id}.SCI/.RMS/.FLG``), its BKG file
 (``{id}``) and its observation's PSF file (``{id}``; read once per URL) are read
 with :func:`~constellation.io.fits_extensions.read_extension_headers`, and one
@@ -61,7 +61,7 @@ from constellation.manifest.quadrant_index import (
 from constellation.sky.healpix import radec_to_index
 
 if TYPE_CHECKING:
-    from constellation.discovery.observations import ExposureFiles, FileRef, ObservationIndex
+    from constellation.io.observations import ExposureFiles, FileRef, ObservationIndex
     from constellation.io.storage import Storage
 
 __all__ = [
@@ -427,7 +427,7 @@ def build_quadrant_index(
         Reads the VIS files, reads and writes the index.
     observations
         The observation index, or a VIS prefix URL to list
-        (:func:`~constellation.discovery.observations.list_observations`).
+        (:func:`~constellation.io.observations.list_observations`).
     out_url
         Where the index is (if it exists and ``full`` is false, the build is
         incremental) and is written.
@@ -438,7 +438,7 @@ def build_quadrant_index(
     progress
         ``progress(done, total)`` over the exposures.
     """
-    from constellation.discovery.observations import list_observations
+    from constellation.io.observations import list_observations
 
     t0 = time.perf_counter()
     before = storage.stats.snapshot()

@@ -17,6 +17,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from constellation.sky import AllSkyTiling, Tile, TileRegistry, plane_to_sky, sky_to_plane
+from constellation.truth import ShearField
 
 __all__ = [
     "DITHER_OFFSETS_ARCSEC",
@@ -45,50 +46,6 @@ EXPTIME_SHORT_S = 89.52
 SHORT_DITHERS = (0, 1)
 #: Visible focal-plane extent (deg) used to lay out pointings (x, y).
 _FOV_DEG = (0.787, 0.709)
-
-
-class ShearField(BaseModel):
-    """A smooth injected reduced-shear field, defined in the field's tangent plane.
-
-    With ``(x, y)`` the field-plane coordinates in degrees (``x`` west, ``y``
-    north, tangent at the field centre: the centroid of its tiles) and ``u = x cos θ + y sin θ``,
-    ``v = -x sin θ + y cos θ``::
-
-        g1 = g1_constant + amplitude · cos(2π u / wavelength_deg)
-        g2 = g2_constant + amplitude · sin(2π v / wavelength_deg)
-
-    A calibration field is a constant shear: ``amplitude = 0`` and the constants.
-    The components follow the convention of the catalog (``+g1`` stretches
-    along the plane's ``x`` axis, west; ``+g2`` along the ``x = y`` diagonal).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    amplitude: float = Field(0.03, ge=0.0, le=0.2, description="Shear amplitude.")
-    wavelength_deg: float = Field(2.0, gt=0.0, description="Wavelength of the pattern, deg.")
-    angle_deg: float = Field(30.0, description="Orientation θ of the pattern, deg.")
-    g1_constant: float = Field(0.0, ge=-0.2, le=0.2, description="Constant g1 added everywhere.")
-    g2_constant: float = Field(0.0, ge=-0.2, le=0.2, description="Constant g2 added everywhere.")
-
-    @model_validator(mode="after")
-    def _bounded(self) -> ShearField:
-        if self.amplitude * math.sqrt(2) + math.hypot(self.g1_constant, self.g2_constant) >= 0.5:
-            raise ValueError("|g| must stay below 0.5 everywhere: lower amplitude or constants")
-        return self
-
-    def at_plane(
-        self, x_deg: ArrayLike, y_deg: ArrayLike
-    ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """(g1, g2) at field-plane positions in degrees."""
-        x = np.asarray(x_deg, dtype=np.float64)
-        y = np.asarray(y_deg, dtype=np.float64)
-        t = math.radians(self.angle_deg)
-        u = x * math.cos(t) + y * math.sin(t)
-        v = -x * math.sin(t) + y * math.cos(t)
-        k = 2 * math.pi / self.wavelength_deg
-        g1 = self.g1_constant + self.amplitude * np.cos(k * u)
-        g2 = self.g2_constant + self.amplitude * np.sin(k * v)
-        return g1, g2
 
 
 class FieldSpec(BaseModel):

@@ -78,9 +78,9 @@ def _run_field(
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.registry import resolve_registry, write_registry
     from constellation.simulate.run import simulate_field
-    from constellation.simulate.truth import load_truth_field
     from constellation.stages.infer import infer_subtile
     from constellation.stages.prepare import plan, run_one
+    from constellation.truth import load_truth_field
 
     data = settings.runtime.storage.data_uri
     work = settings.runtime.storage.work_uri
@@ -128,7 +128,7 @@ def run_calibration(
     there instead (``{work_root}/field-{i}/work``), so that two configurations can be
     compared on the same simulated fields.
     """
-    from constellation.simulate.field import ShearField
+    from constellation.truth import ShearField
 
     store = storage or Storage()
     chosen = tuple(shears or calibration_shears())

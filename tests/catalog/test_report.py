@@ -16,7 +16,7 @@ from constellation.catalog.iceberg import SUBTILES
 from constellation.catalog.report import _fit, _whiskers, make_report
 from constellation.cli import app
 from constellation.simulate.field import ShearField
-from constellation.simulate.truth import load_truth_field
+from constellation.truth import load_truth_field
 from tests.catalog.conftest import Field
 
 PNG = b"\x89PNG\r\n\x1a\n"

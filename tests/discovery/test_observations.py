@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from constellation.discovery.observations import (
+from constellation.io.observations import (
     FileRef,
     group_files,
     list_observations,

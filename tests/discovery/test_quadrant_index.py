@@ -11,8 +11,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from constellation.discovery.observations import list_observations
 from constellation.io.fits_extensions import read_extension_headers
+from constellation.io.observations import list_observations
 from constellation.io.quadrant_index import (
     build_quadrant_index,
     read_quadrant_index,

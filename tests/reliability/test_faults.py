@@ -71,7 +71,7 @@ def _discover_prepare_stage(settings: Settings, storage: Storage) -> dict[str, b
     index file's modification time)."""
     from dataclasses import replace
 
-    from constellation.discovery.observations import list_observations
+    from constellation.io.observations import list_observations
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.registry import resolve_registry, write_registry
     from constellation.manifest.subtile import parse_manifest

@@ -23,7 +23,6 @@ from constellation.manifest import layout
 from constellation.manifest.subtile import load_manifest
 from constellation.results.schema import SOURCE_SCHEMA, SUBTILE_SCHEMA
 from constellation.results.store import read_marker, read_result
-from constellation.simulate.truth import load_truth_field
 from constellation.stages.infer import (
     OutcomeSummary,
     SubTileFailedError,
@@ -31,6 +30,7 @@ from constellation.stages.infer import (
     infer_subtile,
     subtile_dir_of,
 )
+from constellation.truth import load_truth_field
 from tests.fixtures.fields import PreparedField
 
 
