@@ -92,8 +92,11 @@ def _task_run_name() -> str:
     """``infer-{tile}-r{row}_c{col}``: the sub-tile a task run is about, in the UI."""
     from prefect.runtime import task_run
 
-    parts = str(task_run.parameters.get("manifest_url", "")).rstrip("/").split("/")
-    return f"infer-{parts[-4]}-{parts[-2]}" if len(parts) >= 4 else "infer-subtile"
+    try:
+        ident = layout.SubTileId.from_url(str(task_run.parameters.get("manifest_url", "")))
+    except ValueError:
+        return "infer-subtile"
+    return f"infer-{ident.tile_id}-{layout.subtile_name(ident.row, ident.col)}"
 
 
 @task(

@@ -38,7 +38,6 @@ import hashlib
 import logging
 import os
 import random
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -102,8 +101,6 @@ PROP_CONFIG_HASH = "constellation.config-hash"
 PROP_CODE_VERSION = "constellation.code-version"
 PROP_BATCH = "constellation.batch"
 PROP_SUBTILES = "constellation.subtiles"
-
-_SUBTILE_DIR = re.compile(r"/tiles/(\d+)/subtiles/r(\d+)_c(\d+)/?$")
 
 
 @dataclass(frozen=True)
@@ -193,13 +190,6 @@ class AssembleReport:
 # --------------------------------------------------------------------------- discovery
 
 
-def _parse_dir(directory: str) -> tuple[int, int, int] | None:
-    m = _SUBTILE_DIR.search(directory)
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3))
-
-
 def find_results(
     storage: Storage,
     work_uri: str,
@@ -223,9 +213,11 @@ def find_results(
         else:
             matches = storage.glob(pattern)
         for url in matches:
-            ident = _parse_dir(url.replace(os.sep, "/").rsplit("/", 1)[0])
-            if ident is not None:
-                refs.append(ResultRef(*ident, layout.subtile_dir(work_uri, *ident)))
+            try:
+                ident = layout.SubTileId.from_url(url.replace(os.sep, "/"))
+            except ValueError:
+                continue
+            refs.append(ResultRef(ident.tile_id, ident.row, ident.col, ident.directory(work_uri)))
     refs.sort(key=lambda r: r.key)
     return refs
 

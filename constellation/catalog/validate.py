@@ -233,13 +233,11 @@ def expected_subtiles(
     keys: set[int] = set()
     for pattern in patterns:
         for url in storage.glob(pattern):
-            parts = url.rstrip("/").split("/")
             try:
-                tile = int(parts[-4])
-                row_s, col_s = parts[-2].split("_")
-                keys.add(subtile_key(tile, int(row_s[1:]), int(col_s[1:])))
-            except (ValueError, IndexError):
+                ident = layout.SubTileId.from_url(url)
+            except ValueError:
                 continue
+            keys.add(subtile_key(ident.tile_id, ident.row, ident.col))
     if keys:
         return keys
     if tile_list and grid is not None:

@@ -16,12 +16,16 @@ The manifest refers to its source table by the relative name
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 __all__ = [
     "DONE_NAME",
     "MANIFEST_NAME",
     "RESULT_DONE_NAME",
     "RESULT_NAME",
     "SOURCES_NAME",
+    "SubTileId",
     "done_url",
     "join",
     "manifest_pattern",
@@ -42,6 +46,35 @@ SOURCES_NAME = "sources.parquet"
 DONE_NAME = "_DONE.json"
 RESULT_NAME = "result.parquet"
 RESULT_DONE_NAME = "_RESULT.json"
+
+_SUBTILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)/subtiles/r(\d+)_c(\d+)(?:/[^/]*)?/?$")
+
+
+@dataclass(frozen=True, order=True)
+class SubTileId:
+    """A sub-tile: its tile and its row and column in the tile's grid (ordered as
+    tile, row, column: the order of :func:`~constellation.results.schema.subtile_key`)."""
+
+    tile_id: int
+    row: int
+    col: int
+
+    @classmethod
+    def from_url(cls, url: str) -> SubTileId:
+        """The sub-tile of a URL under a work root: its folder
+        ``.../tiles/{tile}/subtiles/r{row}_c{col}`` or a file in it (the inverse of
+        :func:`subtile_dir` and the ``*_url`` functions). ``ValueError`` otherwise."""
+        m = _SUBTILE_PATH.search(url.replace("\\", "/"))
+        if m is None:
+            raise ValueError(f"{url}: not a sub-tile folder or file (tiles/T/subtiles/rR_cC)")
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+    def directory(self, work_uri: str) -> str:
+        """This sub-tile's folder under ``work_uri``."""
+        return subtile_dir(work_uri, self.tile_id, self.row, self.col)
+
+    def __str__(self) -> str:
+        return f"tile {self.tile_id} {subtile_name(self.row, self.col)}"
 
 
 def join(base: str, *parts: str) -> str:
