@@ -24,6 +24,7 @@ them all, its message is the first.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -32,7 +33,14 @@ from typing import Any
 
 from constellation.config import Settings
 
-__all__ = ["PreflightError", "Problem", "preflight", "report_probe", "resource_shortfall"]
+__all__ = [
+    "PreflightError",
+    "Problem",
+    "local_problems",
+    "preflight",
+    "report_probe",
+    "resource_shortfall",
+]
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +215,49 @@ def probe_backend(payload: str) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "host": platform.node(),
     }
+
+
+def _detected_gpus() -> float:
+    """The GPUs Ray would find on this machine (infinite when that cannot be known)."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        if manager is None:
+            return math.inf
+        return float(manager.get_current_node_num_accelerators())
+    except Exception as exc:  # a private API: unknown rather than wrong
+        log.debug("could not count the GPUs: %s", exc)
+        return math.inf
+
+
+def local_problems(settings: Settings) -> list[Problem]:
+    """What stops a run on a local Ray (``runtime.ray.address: null``) before Ray or
+    Prefect start: a task's request against this machine (``local_num_gpus`` /
+    ``local_num_cpus``, else what Ray would detect). When the request cannot be met,
+    the backend is built here too (the run stops anyway; on the local machine the
+    workers would share this environment), so that every problem is told at once.
+    Empty for a cluster or the local executor: the preflight on Ray checks those."""
+    ray_cfg = settings.runtime.ray
+    if settings.runtime.executor != "ray" or ray_cfg.address is not None:
+        return []
+    gpus = float(ray_cfg.local_num_gpus) if ray_cfg.local_num_gpus is not None else None
+    node = {
+        "GPU": _detected_gpus() if gpus is None else gpus,
+        "CPU": float(ray_cfg.local_num_cpus or os.cpu_count() or 1),
+    }
+    request = _task_request(settings)
+    best = resource_shortfall(request, [node])
+    if best is None:
+        return []
+    problems = [_resource_problem(settings, request, best, local=True)]
+    from constellation.inference import BackendUnavailableError, get_backend
+
+    try:
+        get_backend(settings)
+    except BackendUnavailableError as exc:
+        problems.append(_backend_problem(settings, {"error": str(exc)}, "on the Ray workers"))
+    return problems
 
 
 def _backend_problem(settings: Settings, found: Mapping[str, Any], where: str) -> Problem:

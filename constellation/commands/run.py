@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -124,6 +124,13 @@ def _echo_err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _preflight_failed(error: Any) -> NoReturn:
+    """One red line per problem of a :class:`flows.preflight.PreflightError`; exit 2."""
+    for line in error.lines():
+        typer.secho(line, fg=typer.colors.RED, err=True)
+    raise typer.Exit(EXIT_CONFIG_ERROR)
+
+
 def _summary(out: dict[str, Any]) -> None:
     infer, asm = out["infer"], out["assemble"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(infer["counts"].items())) or "none"
@@ -157,6 +164,12 @@ def run_pipeline_flow(
 ) -> dict[str, Any]:
     """Run the pipeline flow here and return its summary, or exit with the code of the
     module docstring and one line per cause."""
+    from constellation.config import load_config
+    from flows.preflight import PreflightError, local_problems
+
+    problems = local_problems(load_config(config))  # a local Ray short of a GPU: stop now
+    if problems:
+        _preflight_failed(PreflightError(problems))
     _prefect_env(verbosity)
     from flows.server import prefect_api
 
@@ -199,9 +212,7 @@ def run_pipeline_flow(
         )
     result = end.error
     if isinstance(result, PreflightError):
-        for line in result.lines():
-            typer.secho(line, fg=typer.colors.RED, err=True)
-        raise typer.Exit(EXIT_CONFIG_ERROR)
+        _preflight_failed(result)
     if isinstance(result, BackendUnavailableError):
         fail(str(result))
     if result is not None:
@@ -291,9 +302,7 @@ def reprocess(
                 if isinstance(out, BaseException):
                     raise out
         except PreflightError as exc:
-            for line in exc.lines():
-                typer.secho(line, fg=typer.colors.RED, err=True)
-            raise typer.Exit(EXIT_CONFIG_ERROR) from None
+            _preflight_failed(exc)
         except BackendUnavailableError as exc:
             fail(str(exc))
         finally:

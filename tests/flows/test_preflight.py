@@ -13,6 +13,7 @@ from flows.preflight import (
     PreflightError,
     _read_node_types,
     _slots,
+    local_problems,
     preflight,
     resource_shortfall,
 )
@@ -47,6 +48,37 @@ def test_task_slots_of_the_nodes() -> None:
     assert _slots({"GPU": 0, "CPU": 1}, nodes) == 18
     assert _slots({"GPU": 1, "CPU": 4}, nodes) == 0
     assert _slots({"GPU": 0.5, "CPU": 0.5}, [{"CPU": 8.0, "GPU": 1.0}]) == 2
+
+
+def test_a_local_ray_short_of_a_gpu_is_found_before_anything_starts() -> None:
+    """No Ray or Prefect server is started: the machine's resources are what a local Ray
+    would advertise."""
+    assert local_problems(_settings(local_num_gpus=2, num_gpus_per_task=1)) == []
+    [gpu] = local_problems(_settings(local_num_gpus=0, num_gpus_per_task=1))
+    assert "asks for 1 GPU(s)" in gpu.cause
+    assert "this machine's local Ray" in gpu.cause
+    assert "runtime.ray.local_num_gpus" in gpu.fix
+    [cpu] = local_problems(_settings(local_num_gpus=0, num_gpus_per_task=0, local_num_cpus=2,
+                                     num_cpus_per_task=4))  # fmt: skip
+    assert "at most 2" in cpu.cause
+    # a cluster, or no Ray at all: left to the preflight on the cluster
+    assert local_problems(_settings(address="auto", local_num_gpus=0)) == []
+    local = Settings.model_validate(
+        {"runtime": {"executor": "local", "ray": {"local_num_gpus": 0}}}
+    )
+    assert local_problems(local) == []
+
+
+def test_local_problems_name_a_backend_that_cannot_be_built_too() -> None:
+    bad = Settings.model_validate(
+        {
+            "science": {"backend": {"name": "shine"}, "shine": {"inference": {"method": "x"}}},
+            "runtime": {"ray": {"local_num_gpus": 0, "num_gpus_per_task": 1}},
+        }
+    )
+    causes = [p.cause for p in local_problems(bad)]
+    assert len(causes) == 2
+    assert "'shine' backend cannot be built" in causes[1]
 
 
 def test_node_types_of_this_projects_cluster(
