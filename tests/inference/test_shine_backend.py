@@ -663,7 +663,9 @@ def _tiny_manifest():  # type: ignore[no-untyped-def]
     box = PlaneBox(x_min_arcmin=0, x_max_arcmin=1, y_min_arcmin=0, y_max_arcmin=1)
     poly = SkyPolygon(ra_deg=[0, 1, 1, 0], dec_deg=[0, 0, 1, 1])
     return SubTileManifest(
-        identity=ManifestIdentity(tile_id=1, row=0, col=0, config_hash="0" * 16, code_version="x"),
+        identity=ManifestIdentity(
+            tile_id=1, row=0, col=0, preparation_hash="0" * 16, code_version="x"
+        ),
         geometry=ManifestGeometry(
             tile_ra_deg=0,
             tile_dec_deg=0,

@@ -281,7 +281,7 @@ def staged_input(tmp_path: Path) -> Path:
     box = m.PlaneBox(x_min_arcmin=0, x_max_arcmin=1, y_min_arcmin=0, y_max_arcmin=1)
     poly = m.SkyPolygon(ra_deg=[0, 1, 1, 0], dec_deg=[0, 0, 1, 1])
     manifest = m.SubTileManifest(
-        identity=m.ManifestIdentity(tile_id=7, row=0, col=0, config_hash="0" * 16,
+        identity=m.ManifestIdentity(tile_id=7, row=0, col=0, preparation_hash="0" * 16,
                                     code_version="test"),
         geometry=m.ManifestGeometry(tile_ra_deg=0, tile_dec_deg=0, tile_core_size_arcmin=30,
                                     margin_arcmin=1, core=box, extended=box, core_polygon=poly,
