@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "partition.py"
 
 NUMERIC = [
@@ -45,6 +47,7 @@ def _run(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_partition_benchmark_quick() -> None:
     proc = _run(SCRIPT, "--quick")
     assert proc.returncode == 0, proc.stderr
@@ -61,6 +64,7 @@ def test_partition_benchmark_quick() -> None:
         assert values[name].strip(), name
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_prepare_benchmark_quick() -> None:
     proc = _run(SCRIPT.parent / "prepare.py", "--quick")
     assert proc.returncode == 0, proc.stderr
@@ -78,6 +82,7 @@ def test_prepare_benchmark_quick() -> None:
     assert all(math.isfinite(float(v)) and float(v) > 0 for v in values.values())
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_survey_benchmark_small() -> None:
     """``benchmarks/survey.py`` on 40 tiles: runs, prints consistent figures."""
     proc = _run(SCRIPT.parent / "survey.py", "--max-tiles", "40", "--chunk-order", "5")
@@ -118,6 +123,7 @@ def _tables(text: str) -> list[list[str]]:
     return tables
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_projections_tables_are_the_ones_in_the_docs() -> None:
     """docs/survey.md shows exactly what ``benchmarks/projections.py`` prints by default."""
     proc = _run(PROJECTIONS)
@@ -129,6 +135,7 @@ def test_projections_tables_are_the_ones_in_the_docs() -> None:
         assert table in docs, f"docs/survey.md is stale, rerun projections.py: {table[0]}"
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_projections_gpu_rate_rows() -> None:
     """The H200-rate rows: slots x exposures x ms per slot-exposure x steps, by hand."""
     proc = _run(
@@ -154,6 +161,7 @@ def test_projections_gpu_rate_rows() -> None:
     )
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_projections_sparse_model_rows() -> None:
     """The sparse model's rows: stamps x (ms per stamp + ms per stamp-Mpx x window) x
     evaluations, by hand."""

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "assemble.py"
 
 NUMERIC = [
@@ -31,6 +33,7 @@ NUMERIC = [
 TEXT = ["pyiceberg_version", "pyarrow_version"]
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_assemble_benchmark_quick() -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick"],

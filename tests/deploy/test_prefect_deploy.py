@@ -42,6 +42,7 @@ MISSING = missing_flow_files()
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.integration,  # a Prefect server and `prefect deploy` in subprocesses
     pytest.mark.skipif(bool(MISSING), reason=f"flows not written yet: {', '.join(MISSING)}"),
 ]
 

@@ -273,6 +273,7 @@ def test_search_order() -> None:
         search_order(0.0)
 
 
+@pytest.mark.integration  # the benchmark script in a subprocess
 def test_benchmark_script_smoke(tmp_path: Path) -> None:
     """``benchmarks/discovery_lookup.py`` at a tiny size: runs, prints every figure once."""
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "discovery_lookup.py"

@@ -16,6 +16,8 @@ import pytest
 from tests.fixtures.fields import PreparedField
 from tests.flows.conftest import write_config
 
+pytestmark = pytest.mark.integration  # a Ray cluster started with `ray start`
+
 
 def _free_port() -> int:
     with socket.socket() as s:

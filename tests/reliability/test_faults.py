@@ -426,6 +426,7 @@ print(r.subtiles_committed, r.skipped_unchanged, r.conflicts)
 """
 
 
+@pytest.mark.integration  # two assembler processes
 def test_two_assembler_processes_at_once_commit_every_row_once(tmp_path: Path) -> None:
     """Two assembler processes started together on the same SQLite catalog (the thread
     version, with overlapping tile sets: tests/catalog/test_concurrency.py)."""
