@@ -8,7 +8,7 @@ Prints ``name=value`` lines (progress on stderr).
 
 (a) One true-geometry DET file (a 1 x 1-tile ``sparse`` field simulated into a
 temporary directory: 7.3 GB apparent, 432 extensions), read with
-:func:`constellation.io.fits_extensions.read_extension_headers` from local disk:
+:func:`constellation.io.fits.read_extension_headers` from local disk:
 
 ``det_rounds``
     Sequential round trips (round 1: primary + first extension header; round 2:
@@ -49,7 +49,7 @@ from pathlib import Path
 
 
 def _det(tmp: Path) -> dict[str, object]:
-    from constellation.io.fits_extensions import read_extension_headers
+    from constellation.io.fits import read_extension_headers
     from constellation.io.observations import list_observations
     from constellation.io.storage import Storage
     from constellation.simulate import FieldSpec

@@ -87,10 +87,7 @@ def account(settings: Any) -> dict[str, int]:
 
     storage = storage_from_config(settings.runtime.storage)
     work = settings.runtime.storage.work_uri
-    dirs = [
-        u.rsplit("/", 1)[0]
-        for u in storage.glob(layout.join(work, "tiles", "*", "subtiles", "*", "manifest.yaml"))
-    ]
+    dirs = [u.rsplit("/", 1)[0] for u in storage.glob(layout.manifest_pattern(work))]
 
     def expected_ids(directory: str) -> tuple[int, set[int], str]:
         tile = int(directory.rstrip("/").split("/")[-3])

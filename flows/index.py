@@ -18,14 +18,10 @@ __all__ = ["build_index_task", "index_observations", "resolve_registry_task"]
 def resolve_registry_task(payload: str, tiles: list[int] | None = None) -> list[int]:
     """Resolve (or read the cached) tile registry; return its tile ids."""
     from constellation.io.registry import load_or_resolve_registry
-    from constellation.io.storage import local_path
 
     settings = settings_from_json(payload)
     storage = storage_for(payload)
-    work = settings.runtime.storage.work_uri
-    cache = local_path(layout.registry_url(work))
-    if cache is None:
-        raise ValueError(f"work_uri {work} is not local: the registry cache must be a local file")
+    cache = layout.registry_url(settings.runtime.storage.work_uri)
     mer = layout.join(settings.runtime.storage.data_uri, "q1", "MER")
     registry = load_or_resolve_registry(cache, storage, mer, tiles, skip_missing=True)
     return [int(t) for t in registry.tile_id]

@@ -9,8 +9,9 @@ Structure of a run::
 * Before any sub-tile is dispatched, :func:`flows.preflight.preflight` checks that
   the cluster can ever hold a task's resource request and that the backend builds
   on a worker; otherwise the run stops at once with the cause and the fix.
-* Each task wraps :func:`constellation.stages.infer.infer_subtile`; its inputs are
-  the settings JSON, a manifest URL and the run id.
+* Each task is the infer stage's ``run_one`` (:class:`constellation.stages.infer.InferStage`);
+  its inputs are the settings JSON, a manifest URL and the run id; the manifests are
+  listed by the stage's ``plan``.
 * Ray workers are reused across tasks (``max_calls=0``) so the backend (SHINE and
   its compiled model) stays warm in each worker process.
 * At most ``runtime.max_in_flight`` sub-tiles are submitted at a time (Ray's
@@ -46,11 +47,12 @@ from constellation.inference import BackendUnavailableError, get_backend
 from constellation.manifest import layout
 from constellation.stages.infer import (
     InferOutcome,
+    InferStage,
     OutcomeSummary,
     SubTileFailedError,
     already_done,
     classify,
-    infer_subtile,
+    plan,
 )
 from flows.common import (
     STOP_SIGNALS,
@@ -114,17 +116,8 @@ def infer_subtile_task(payload: str, manifest_url: str, run_id: str, force: bool
     the backend cannot run here.
     """
     settings = settings_from_json(payload)
-    outcome = infer_subtile(
-        manifest_url,
-        storage_for(payload),
-        get_backend(settings),
-        run_id=run_id,
-        healpix_order=settings.science.healpix.source_order,
-        partition_order=settings.science.healpix.partition_order,
-        skip_done=not force,
-        config_hash=settings.config_hash,
-        expected_preparation_hash=settings.preparation_hash,
-    )
+    stage = InferStage.from_settings(settings, get_backend(settings), run_id, force=force)
+    outcome = stage.run_one(manifest_url, storage_for(payload))
     if outcome.status == "failed":
         raise SubTileFailedError.from_outcome(outcome)
     if outcome.status == "unavailable":
@@ -142,14 +135,9 @@ def _node_id() -> str:
 
 
 def tile_manifests(payload: str, tiles: list[int]) -> list[str]:
-    """The prepared manifests of ``tiles`` (one listing per tile)."""
+    """The prepared manifests of ``tiles`` (the infer stage's plan)."""
     settings = settings_from_json(payload)
-    storage = storage_for(payload)
-    work = settings.runtime.storage.work_uri
-    urls: list[str] = []
-    for tid in tiles:
-        urls.extend(sorted(storage.glob(layout.manifest_pattern(work, tid))))
-    return urls
+    return plan(storage_for(payload), settings.runtime.storage.work_uri, tiles)
 
 
 def _wait_any(pending: list[Any], check: Callable[[], None]) -> list[Any]:
@@ -373,7 +361,9 @@ def run_inference(
     """
     log = get_run_logger()
     payload = settings_json(settings)
-    chosen = sorted(set(tiles or settings.runtime.tiles or prepared_tiles(payload)))
+    if tiles is None:
+        tiles = settings.runtime.tiles or prepared_tiles(payload)
+    chosen = sorted(set(tiles))
     summary = OutcomeSummary()
     t0 = time.perf_counter()
     todo: dict[int, list[str]] = {}

@@ -42,7 +42,7 @@ from flows.common import (
 )
 from flows.index import build_index_task, resolve_registry_task
 from flows.infer import run_inference
-from flows.prepare import run_prepare
+from flows.prepare import failed_tiles_message, run_prepare
 from flows.reprocess import save_state
 
 __all__ = [
@@ -93,6 +93,12 @@ def run_pipeline(
         prepared = run_prepare(payload, chosen)
         times["prepare_s"] = time.perf_counter() - t
         progress(f"prepare: {len(chosen)} tiles, {prepared['subtiles']} sub-tiles")
+        if prepared["failed"]:  # reported at the end; the other tiles go on
+            bad = {f["tile_id"] for f in prepared["failed"]}
+            progress(failed_tiles_message(prepared) or "")
+            chosen = [t for t in chosen if t not in bad]
+            if not chosen:
+                raise ValueError(failed_tiles_message(prepared))
 
         t = time.perf_counter()
         # starts Ray and runs the preflight itself if it was deferred and there is work
@@ -183,9 +189,9 @@ def preflight_first(settings: Any, tiles: list[int] | None) -> bool:
 
 
 def failure_message(out: dict[str, Any]) -> str | None:
-    """Why a pipeline run should count as failed (failed sub-tiles first, then a failed
-    validation), or None."""
-    failed = failed_subtiles_message(out["infer"])
+    """Why a pipeline run should count as failed (tiles not prepared, failed sub-tiles,
+    then a failed validation), or None."""
+    failed = failed_tiles_message(out["prepare"]) or failed_subtiles_message(out["infer"])
     if failed is not None:
         return failed
     if not out["validate"]["ok"]:

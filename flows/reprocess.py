@@ -10,6 +10,10 @@ The affected tiles are re-prepared (manifests are rewritten only where their
 bytes change), re-inferred (sub-tiles with an unchanged manifest are skipped) and
 re-assembled (only results whose bytes changed are committed). A run with
 nothing changed does no inference and commits nothing.
+
+What counts as a change is the stages' business
+(:func:`constellation.stages.changes.field_changes`); this flow only strings the
+stage drivers together.
 """
 
 from __future__ import annotations
@@ -33,26 +37,14 @@ from flows.common import (
 )
 from flows.index import build_index_task, resolve_registry_task
 from flows.infer import run_inference
-from flows.prepare import run_prepare
+from flows.prepare import failed_tiles_message, run_prepare
 
 __all__ = ["reprocess_field", "save_state"]
 
 
 def save_state(settings: Any, payload: str, tiles: list[int], completed: bool) -> None:
-    """Record the catalog fingerprints of ``tiles`` and their neighbours (the baseline
-    the next reprocessing run compares against) and, when ``completed`` (no failed
-    sub-tile), that ``tiles`` ran under this configuration."""
-    from constellation.stages.prepare import plan
-
-    storage = storage_for(payload)
-    work = settings.runtime.storage.work_uri
-    registry = read_work_registry(storage, work)
-    items = plan(settings, registry, tiles)
-    wanted = sorted(set(tiles) | {n for it in items for n in it.neighbours})
-    now = changes.catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
-    state = changes.read_state(storage, work)
-    done = tiles if completed else []
-    changes.write_state(storage, work, changes.next_state(state, now, settings.config_hash, done))
+    """:func:`constellation.stages.changes.record_run` through the configured storage."""
+    changes.record_run(settings, storage_for(payload), tiles, completed)
 
 
 @flow(
@@ -65,8 +57,6 @@ def reprocess_field(
     config: str | None = None, tiles: list[int] | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
     """Redo the tiles of the field (``tiles``, else ``runtime.tiles``, else all) that changed."""
-    from constellation.stages.prepare import plan
-
     log = get_run_logger()
     settings = load_settings(config)
     payload = settings_json(settings)
@@ -82,49 +72,34 @@ def reprocess_field(
     before = changes.read_index_keys(storage, index_url)
     build_index_task(payload)
     after = changes.read_index_keys(storage, index_url)
-    moved = changes.changed_index_rows(before, after)
-    margin = settings.science.tiling.margin_arcmin
-    by_exposures = changes.tiles_touched(registry, moved, margin)
-
-    state = changes.read_state(storage, work)
-    items = plan(settings, registry, field)
-    readers = {it.tile.tile_id: it.neighbours for it in items}
-    wanted = sorted({t for t in field} | {n for v in readers.values() for n in v})
-    now = changes.catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
-    by_catalogs = changes.changed_catalog_tiles(state.get("catalogs", {}), now, readers)
-    by_catalogs &= set(field)
-    by_config = changes.stale_config_tiles(
-        storage, work, field, settings.preparation_hash, state, settings.config_hash
-    )
-
-    affected = sorted(by_exposures | by_catalogs | by_config)
+    found = changes.field_changes(settings, storage, registry, field, before, after)
+    affected = found.affected
     log.info(
         "changes: %d quadrant-index rows -> %d tiles; catalogs -> %d tiles; config/new -> "
         "%d tiles; %d of %d tiles to redo",
-        moved.num_rows, len(by_exposures), len(by_catalogs), len(by_config),
-        len(affected), len(field),
+        found.changed_index_rows, len(found.by_exposures), len(found.by_catalogs),
+        len(found.by_config), len(affected), len(field),
     )  # fmt: skip
-    out: dict[str, Any] = {
-        "run_id": rid,
-        "field_tiles": len(field),
-        "changed_index_rows": moved.num_rows,
-        "tiles_by_exposures": sorted(by_exposures),
-        "tiles_by_catalogs": sorted(by_catalogs),
-        "tiles_by_config": sorted(by_config),
-        "affected": affected,
-    }
+    out: dict[str, Any] = {"run_id": rid, **found.to_dict()}
+    completed: list[int] = []
     if affected:
-        out["prepare"] = run_prepare(payload, affected)
-        out["infer"] = run_inference(settings, affected, rid)
-        out["assemble"] = assemble_task(payload, affected, rid)
+        out["prepare"] = prepared = run_prepare(payload, affected)
+        bad = {f["tile_id"] for f in prepared["failed"]}
+        todo = [t for t in affected if t not in bad]
+        if todo:
+            out["infer"] = run_inference(settings, todo, rid)
+            out["assemble"] = assemble_task(payload, todo, rid)
+        else:
+            out["infer"] = {"counts": {}, "causes": [], "subtiles": 0}
         out["validate"] = validate_task(payload, field)
-    completed = affected if affected and not out["infer"]["counts"].get("failed") else []
-    changes.write_state(
-        storage, work, changes.next_state(state, now, settings.config_hash, completed)
-    )
+        if not out["infer"]["counts"].get("failed"):
+            completed = todo
+    changes.record_run(settings, storage, completed, bool(completed), found)
     if not affected:
         return out
-    message = failed_subtiles_message(out["infer"])
-    if message is None and not out["validate"]["ok"]:
-        message = str(out["validate"]["summary"])
+    message = (
+        failed_tiles_message(out["prepare"])
+        or failed_subtiles_message(out["infer"])
+        or (None if out["validate"]["ok"] else str(out["validate"]["summary"]))
+    )
     return end_state(out, message)

@@ -24,6 +24,22 @@ and the driver does not send the settings context: workers use their own
 Prefect settings, from their environment — :func:`flows.common.ray_session`
 puts ``PREFECT_API_URL`` (and logging settings) there for every worker. Measured
 in-process on a no-op task: 102 ms -> 3.9 ms per task.
+
+End to end (``benchmarks/pipeline.py``, no-op tasks after a warm-up, docs/deploy.md
+section 4): a Prefect task costs 79-97 ms through the stock ``RayTaskRunner`` and
+11-13 ms through this one.
+
+Kept, on those figures, although it is hand-written around a library (issue 19). It
+depends on private parts of prefect-ray — ``RayTaskRunner._run_prefect_task`` (called
+with the keywords ``task``, ``task_run_id``, ``context``, ``parameters``, ``wait_for``,
+``dependencies``), ``RayTaskRunner._exchange_prefect_for_ray_futures``, the
+attributes ``_started``, ``address`` and ``init_kwargs``, the signature of ``submit``,
+``PrefectRayFuture(task_run_id, wrapped_future)``,
+``RemoteOptionsContext.current_remote_options`` — and of Prefect
+(``serialize_context``, ``AssetContext.from_task_and_inputs``,
+``collect_task_run_inputs_sync(future_cls=...)``). ``pyproject.toml`` pins prefect-ray
+to ``>=0.6,<0.7``, where they were checked (0.6.0, with Prefect 3.9.1), and
+``tests/flows/test_runner.py`` fails when an upgrade removes or reshapes one of them.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures.fields import (  # noqa: F401  (fixtures)
+    fields,
     light_field,
     pixels_field,
     prepared_field,
@@ -39,10 +40,14 @@ INTEGRATION_FIXTURES = frozenset({"prefect_api", "local_ray", "s3_endpoint"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the tests that use :data:`INTEGRATION_FIXTURES` ``integration`` (tests that
-    start subprocesses say so themselves), for the fast loop ``-m "not integration"``."""
+    """Mark ``integration``, for the fast loop ``-m "not integration"``: the tests that use
+    :data:`INTEGRATION_FIXTURES` and the ``slow`` ones (more than ~5 s on the 2-core
+    machine, each with a faster test of the same behaviour left in the fast loop); tests
+    that start subprocesses say so themselves."""
     for item in items:
-        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if INTEGRATION_FIXTURES.intersection(getattr(item, "fixturenames", ())) or (
+            item.get_closest_marker("slow") is not None
+        ):
             item.add_marker(pytest.mark.integration)
 
 

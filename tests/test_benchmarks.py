@@ -215,7 +215,7 @@ def test_soak_accounting_finds_lost_and_duplicated_rows(tmp_path: Path) -> None:
     markers = field.write(n_sources=3)
     for tile, row, col in markers:  # the soak expects the prepared sub-tiles
         (
-            Path(field.work) / "tiles" / str(tile) / "subtiles" / f"r{row}_c{col}" / "manifest.yaml"
+            Path(field.work) / "tiles" / str(tile) / "subtiles" / f"r{row}_c{col}" / "manifest.json"
         ).touch()
     assemble(field.settings)
     clean = soak.account(field.settings)

@@ -141,6 +141,7 @@ def test_commands_without_config_ignore_a_bad_one(bad_config: Path) -> None:
     assert result.exit_code == 0
 
 
+@pytest.mark.integration  # a subprocess
 def test_python_dash_m_runs_the_cli() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "constellation", "--version"],

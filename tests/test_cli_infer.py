@@ -55,7 +55,7 @@ def test_infer_reports_failures_and_bad_input(
     work = prepared_field.copy_work(tmp_path / "work")
     cfg = _config(prepared_field, work, tmp_path)
     url = layout.manifest_url(str(work), prepared_field.tile_ids[1], 1, 1)
-    missing = str(tmp_path / "nope" / "manifest.yaml")
+    missing = str(tmp_path / "nope" / "manifest.json")
     result = runner.invoke(app, ["-c", str(cfg), "infer", url, missing])
     assert result.exit_code == 1
     assert "1 ok, 0 skipped, 1 failed, 0 already done" in result.output

@@ -147,7 +147,8 @@ def test_resolve_then_list_and_show_use_the_cached_registry(
     monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__WORK_URI", "work")
     res = _run("tiles", "resolve")
     out = res.stdout  # type: ignore[attr-defined]
-    assert "4 tile(s) in work/registry.parquet; 17 request(s), 56.2 KiB read" in out
+    # 17 header reads, then the cache: exists (no) and the write
+    assert "4 tile(s) in work/registry.parquet; 19 request(s), 56.2 KiB read" in out
     assert Path("work/registry.parquet").is_file()
     rows = json.loads(_run("tiles", "list", "--json").stdout)  # type: ignore[attr-defined]
     _rows_match(rows, mer_tiles)
@@ -161,11 +162,13 @@ def test_resolve_then_list_and_show_use_the_cached_registry(
     res = runner.invoke(app, ["tiles", "show", "100180360"])
     assert res.exit_code == 2
     assert "not in the registry (4 tiles, from work/registry.parquet)" in res.output
-    # the cache is reused: no request
+    # the cache is reused: no header read, only the cache (exists, read)
+    size = Path("work/registry.parquet").stat().st_size
     again = _run("tiles", "resolve").stdout  # type: ignore[attr-defined]
-    assert "4 tile(s) in work/registry.parquet; 0 request(s), 0 B read" in again
+    assert f"4 tile(s) in work/registry.parquet; 2 request(s), {size / 1024:.1f} KiB read" in again
     refreshed = _run("tiles", "resolve", "--refresh", "100180000").stdout  # type: ignore[attr-defined]
-    assert "1 tile(s) in work/registry.parquet (4 in all); 4 request(s)" in refreshed
+    # the tile's 4 header reads, and the cache's exists, read and write
+    assert "1 tile(s) in work/registry.parquet (4 in all); 7 request(s)" in refreshed
 
 
 def test_resolve_from_anonymous_s3(
@@ -182,7 +185,7 @@ def test_resolve_from_anonymous_s3(
     monkeypatch.setenv("CONSTELLATION_RUNTIME__STORAGE__ENDPOINT_URL", s3_endpoint)
     ids = [str(t.tile_id) for t in mer_tiles[:2]]
     out = _run("tiles", "resolve", *ids, "--out", "reg.csv", "--workers", "2").stdout  # type: ignore[attr-defined]
-    assert out.startswith("2 tile(s) in reg.csv; 8 request(s)")
+    assert out.startswith("2 tile(s) in reg.csv; 10 request(s)")  # 8 + the cache's 2
     rows = json.loads(_run("tiles", "list", "--registry", "reg.csv", "--json").stdout)  # type: ignore[attr-defined]
     _rows_match(rows, mer_tiles[:2])
 

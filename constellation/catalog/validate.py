@@ -6,7 +6,7 @@ Checks (each a :class:`Violation` when it finds something):
     No sub-tile rows at all (and nothing known to be expected).
 ``missing``
     Expected sub-tiles with no row in ``subtiles``. Expected = the prepared
-    sub-tiles (manifests under ``{work}/tiles/{tile}/subtiles/*/manifest.yaml``),
+    sub-tiles (manifests under ``{work}/tiles/{tile}/subtiles/*/manifest.json``),
     else the tiling grid of the given tiles; unknown (no check) otherwise.
 ``failed``
     Sub-tiles recorded with status ``failed`` (listed with their errors); a

@@ -57,17 +57,15 @@ def get_state(ctx: typer.Context) -> CliState:
 
 
 def tile_manifests(settings: Settings, storage: Storage, tiles: Iterable[int]) -> list[str]:
-    """The prepared manifests of ``tiles`` (one listing per tile); exits with a message
-    naming the first tile that has none."""
-    from constellation.manifest import layout
+    """The prepared manifests of ``tiles`` (the infer stage's plan); exits with a
+    message naming the first tile that has none."""
+    from constellation.stages.infer import plan, tiles_without_manifests
 
     work = settings.runtime.storage.work_uri
-    urls: list[str] = []
-    for tid in sorted(set(tiles)):
-        found = sorted(storage.glob(layout.manifest_pattern(work, tid)))
-        if not found:
-            fail(f"no manifests for tile {tid} under {work}: run 'constellation prepare'")
-        urls.extend(found)
+    urls = plan(storage, work, tiles)
+    missing = tiles_without_manifests(urls, tiles)
+    if missing:
+        fail(f"no manifests for tile {missing[0]} under {work}: run 'constellation prepare'")
     return urls
 
 

@@ -36,12 +36,13 @@ def index(
     from constellation.io.observations import list_observations
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.storage import join_url, storage_from_config
+    from constellation.manifest import layout
 
     state = get_state(ctx)
     settings = state.settings
     storage_cfg = settings.runtime.storage
     vis_url = vis or join_url(storage_cfg.data_uri, "q1", "VIS")
-    out_url = out or join_url(storage_cfg.work_uri, "quadrant_index.parquet")
+    out_url = out or layout.quadrant_index_url(storage_cfg.work_uri)
     storage = storage_from_config(storage_cfg)
     obs = list_observations(storage, vis_url)
     if not obs.exposures:

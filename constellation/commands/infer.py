@@ -5,13 +5,16 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from constellation.commands._common import EXIT_CONFIG_ERROR, fail, get_state, tile_manifests
+
+if TYPE_CHECKING:
+    from constellation.stages.base import Outcome
 
 __all__ = ["infer", "new_run_id"]
 
@@ -71,22 +74,20 @@ def infer(
     """
     from constellation.inference import BackendUnavailableError, get_backend
     from constellation.io.storage import storage_from_config
-    from constellation.manifest import layout
-    from constellation.stages.infer import InferOutcome, OutcomeSummary, classify, infer_subtile
+    from constellation.stages import infer as stage
+    from constellation.stages.base import Failure, drive
 
     settings = get_state(ctx).settings
     if backend_name is not None and backend_name not in ("shine", "mock"):
         fail(f"unknown backend {backend_name!r}: use 'shine' or 'mock'", EXIT_CONFIG_ERROR)
     storage = storage_from_config(settings.runtime.storage)
+    work = settings.runtime.storage.work_uri
     urls = list(manifest_url or [])
     if tile:
         urls.extend(tile_manifests(settings, storage, tile))
     if not urls and not tile:
         # default: runtime.tiles, else every prepared sub-tile under the work root
-        work = settings.runtime.storage.work_uri
-        tiles: list[str] = [str(t) for t in settings.runtime.tiles] or ["*"]
-        for name in tiles:
-            urls.extend(sorted(storage.glob(layout.manifest_pattern(work, name))))
+        urls = stage.plan(storage, work, settings.runtime.tiles or None)
         if not urls:
             fail(f"no prepared sub-tiles under {work}: run 'constellation prepare' first")
     try:
@@ -94,29 +95,7 @@ def infer(
     except BackendUnavailableError as exc:
         fail(str(exc))
     rid = run_id or new_run_id()
-    order = settings.science.healpix.source_order
-    summary = OutcomeSummary()
-
-    def one(url: str) -> InferOutcome | None:
-        """Infer ``url``, retrying retryable failures; None when the manifest is unusable."""
-        for attempt in range(settings.runtime.task_retries + 1):
-            try:
-                outcome = infer_subtile(
-                    url, storage, backend, run_id=rid, healpix_order=order,
-                    partition_order=settings.science.healpix.partition_order,
-                    skip_done=not force, config_hash=settings.config_hash,
-                    expected_preparation_hash=settings.preparation_hash,
-                )  # fmt: skip
-            except Exception as exc:  # the manifest cannot be read or is stale
-                verdict = classify(exc)
-                if verdict.retryable and attempt < settings.runtime.task_retries:
-                    continue
-                typer.secho(f"{url}: {exc}", fg=typer.colors.RED, err=True)
-                summary.add("failed", verdict.cause, f"{url}: {exc}")
-                return None
-            if not (outcome.retryable and attempt < settings.runtime.task_retries):
-                return outcome
-        raise AssertionError("unreachable")  # pragma: no cover
+    infer_stage = stage.InferStage.from_settings(settings, backend, rid, force=force)
 
     t0 = time.perf_counter()
     with Progress(
@@ -124,14 +103,20 @@ def infer(
         TimeElapsedColumn(), console=Console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(urls))
-        for url in urls:
-            outcome = one(url)
-            if outcome is not None:
-                if outcome.status == "unavailable":
-                    bar.stop()
-                    fail(f"the {backend.name} backend cannot run: {outcome.error}")
-                summary.add_outcome(outcome)
+
+        def report(url: str, outcome: Outcome) -> None:
+            if isinstance(outcome, Failure):
+                # the manifest cannot be read or is stale: no result to write
+                typer.secho(f"{url}: {outcome.message}", fg=typer.colors.RED, err=True)
             bar.advance(task)
+
+        run = drive(
+            infer_stage, urls, storage, retries=settings.runtime.task_retries,
+            on_outcome=report,
+        )  # fmt: skip
+    if run.stopped_by is not None:
+        fail(f"the {backend.name} backend cannot run: {run.stopped_by.error}")
+    summary = run.summary
     counts = summary.counts
     typer.echo(
         f"inferred {len(urls)} sub-tiles with {backend.name} (run {rid}): "

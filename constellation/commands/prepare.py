@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from constellation.config import Settings
     from constellation.io.storage import Storage
     from constellation.sky.registry import TileRegistry
+    from constellation.stages.base import Outcome
 
 TileOption = Annotated[
     list[int] | None,
@@ -68,8 +69,9 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     and the exit code is 1."""
     from constellation.io.storage import storage_from_config
     from constellation.manifest import layout
+    from constellation.stages.base import Failure, drive
+    from constellation.stages.prepare import PrepareResult, PrepareStage, summary_line
     from constellation.stages.prepare import plan as plan_stage
-    from constellation.stages.prepare import run_one
 
     settings = get_state(ctx).settings
     storage = storage_from_config(settings.runtime.storage)
@@ -79,34 +81,29 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     if not storage.exists(index):
         fail(f"no quadrant index at {index}: run 'constellation index' first")
     items = plan_stage(settings, registry, ids)
-    results = []
-    failed: list[int] = []
     with Progress(
         TextColumn("[bold]prepare"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
     ) as bar:  # fmt: skip
         task = bar.add_task("", total=len(items))
-        for item in items:
-            try:
-                results.append(run_one(item, storage))
-            except (OSError, ValueError) as exc:  # reported; the other tiles go on
-                typer.secho(f"tile {item.tile.tile_id}: {exc}", fg=typer.colors.RED, err=True)
-                failed.append(item.tile.tile_id)
+
+        def report(_item: object, outcome: Outcome) -> None:
+            if isinstance(outcome, Failure):  # reported; the other tiles go on
+                typer.secho(f"{outcome.label}: {outcome.message}", fg=typer.colors.RED, err=True)
             bar.advance(task)
-    prepared = [r for r in results if not r.skipped]
-    typer.echo(
-        f"prepared {len(results)} tiles ({sum(r.subtiles for r in results)} sub-tiles): "
-        f"{sum(r.written for r in results)} manifests written, "
-        f"{sum(r.unchanged for r in results)} unchanged "
-        f"({len(results) - len(prepared)} tiles already done); "
-        f"{sum(r.sources for r in prepared)} sources, "
-        f"{sum(r.exposures for r in prepared)} quadrant exposures"
-    )
+
+        run = drive(
+            PrepareStage(), items, storage, retries=settings.runtime.task_retries,
+            on_outcome=report,
+        )  # fmt: skip
+    results = [o for o in run.outcomes if isinstance(o, PrepareResult)]
+    typer.echo(summary_line(results))
     missing = [r.tile_id for r in results if r.missing_catalog]
     if missing:
         typer.echo(f"tiles without a MER catalog: {', '.join(map(str, missing))}")
-    if failed:
-        typer.echo(f"{len(failed)} tile(s) not prepared: {', '.join(map(str, failed))}")
+    if run.failed:
+        names = ", ".join(o.label.removeprefix("tile ") for o in run.failed)
+        typer.echo(f"{len(run.failed)} tile(s) not prepared: {names}")
         raise typer.Exit(1)
 
 

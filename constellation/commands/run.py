@@ -167,7 +167,9 @@ def run_pipeline_flow(
     from constellation.config import load_config
     from flows.preflight import PreflightError, local_problems
 
-    problems = local_problems(load_config(config))  # a local Ray short of a GPU: stop now
+    # read once here (the flow reads its config parameter itself, as a deployment does)
+    settings = load_config(config)
+    problems = local_problems(settings)  # a local Ray short of a GPU: stop now
     if problems:
         _preflight_failed(PreflightError(problems))
     _prefect_env(verbosity)
@@ -175,17 +177,11 @@ def run_pipeline_flow(
 
     with prefect_api() as server:  # a temporary server boots while Ray starts
         from constellation.inference import BackendUnavailableError
-        from flows.common import (
-            executor_session,
-            load_settings,
-            prefect_api_url,
-            set_progress_reporter,
-        )
+        from flows.common import executor_session, prefect_api_url, set_progress_reporter
         from flows.pipeline import import_stage_modules, preflight_first, run_here
         from flows.preflight import PreflightError
 
         import_stage_modules()  # while the server boots (and Ray starts)
-        settings = load_settings(config)
         set_progress_reporter(_echo_err)
         try:
             with contextlib.ExitStack() as stack:

@@ -25,49 +25,47 @@ app = typer.Typer(
 log = logging.getLogger(__name__)
 
 RegistryOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--registry",
         "-r",
-        help="Tile registry (Parquet/CSV: tile_id, ra, dec, core_size_arcmin, "
+        help="Tile registry, a path or URL (Parquet/CSV: tile_id, ra, dec, core_size_arcmin, "
         "extended_size_arcmin). Default: {work_uri}/registry.parquet if it exists (see "
         "'tiles resolve'), else the generated Euclid-like all-sky tiling.",
-        dir_okay=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-REGISTRY_FILE_NAME = "registry.parquet"
-"""Name of the cached tile registry under ``runtime.storage.work_uri``."""
 
 
 def _grid(ctx: typer.Context) -> SubTileGrid:
     return get_state(ctx).settings.science.tiling.grid()
 
 
-def _work_registry_path(ctx: typer.Context) -> Path | None:
-    """``{work_uri}/registry.parquet`` as a local path (``None`` if work_uri is remote)."""
-    from constellation.io.storage import join_url, local_path
+def _work_registry_url(ctx: typer.Context) -> str:
+    """``{work_uri}/registry.parquet`` (a local path or a URL)."""
+    from constellation.manifest.layout import registry_url
 
-    work_uri = get_state(ctx).settings.runtime.storage.work_uri
-    return local_path(join_url(work_uri, REGISTRY_FILE_NAME))
+    return registry_url(get_state(ctx).settings.runtime.storage.work_uri)
 
 
-def _load_registry(ctx: typer.Context, path: Path | None) -> tuple[TileRegistry, str]:
+def _load_registry(ctx: typer.Context, path: str | None) -> tuple[TileRegistry, str]:
     """The registry to use and where it came from: ``--registry``, else the cached
     ``{work_uri}/registry.parquet``, else the generated all-sky tiling."""
     from constellation.io.registry import read_registry
+    from constellation.io.storage import storage_from_config
     from constellation.sky import AllSkyTiling, RegistryError
 
+    storage = storage_from_config(get_state(ctx).settings.runtime.storage)
     source = "--registry"
-    if path is None:
-        cached = _work_registry_path(ctx)
-        if cached is not None and cached.is_file():
+    url = path
+    if url is None:
+        cached = _work_registry_url(ctx)
+        if storage.exists(cached):
             log.info("using the tile registry %s (found under work_uri)", cached)
-            path, source = cached, "work_uri"
-    if path is not None:
+            url, source = cached, "work_uri"
+    if url is not None:
         try:
-            return read_registry(path), str(path)
+            return read_registry(url, storage), url
         except RegistryError as exc:
             fail(f"{exc} (registry from {source})", EXIT_CONFIG_ERROR)
     log.info("no tile registry given or cached: using the generated all-sky tiling")
@@ -105,6 +103,7 @@ def allsky(
 ) -> None:
     """Generate the Euclid-like all-sky tiling (rings of constant Dec, poles included)."""
     from constellation.io.registry import write_registry
+    from constellation.io.storage import storage_from_config
     from constellation.sky import AllSkyTiling, wide_footprint_mask
 
     tiling = get_state(ctx).settings.science.tiling
@@ -122,7 +121,7 @@ def allsky(
         f"built in {elapsed:.2f} s"
     )
     if out is not None:
-        write_registry(registry, out)
+        write_registry(registry, out, storage_from_config(get_state(ctx).settings.runtime.storage))
         typer.echo(f"wrote {out}")
 
 
@@ -142,13 +141,12 @@ def resolve(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--out",
             "-o",
-            help="Registry file to write and reuse (.parquet or .csv; default: "
+            help="Registry file (path or URL) to write and reuse (.parquet or .csv; default: "
             "{work_uri}/registry.parquet).",
-            dir_okay=False,
         ),
     ] = None,
     refresh: Annotated[
@@ -179,13 +177,7 @@ def resolve(
 
     settings = get_state(ctx).settings
     mer_root = mer or join_url(settings.runtime.storage.data_uri, "q1", "MER")
-    path = out if out is not None else _work_registry_path(ctx)
-    if path is None:
-        fail(
-            f"work_uri {settings.runtime.storage.work_uri} is not a local path: "
-            "pass --out for the registry file",
-            EXIT_CONFIG_ERROR,
-        )
+    path = out if out is not None else _work_registry_url(ctx)
     storage = storage_from_config(settings.runtime.storage)
     t0 = time.perf_counter()
     columns = (BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -212,8 +204,8 @@ def resolve(
         except OSError as exc:  # e.g. the MER root does not exist or cannot be listed
             fail(f"cannot resolve tiles under {mer_root}: {exc}")
     elapsed = time.perf_counter() - t0
-    stats = storage.stats
-    n_file = len(read_registry(path)) if tile_ids else len(registry)
+    stats = storage.stats.snapshot()  # the registry's cache included, not the count below
+    n_file = len(read_registry(path, storage)) if tile_ids else len(registry)
     in_all = f" ({n_file} in all)" if n_file != len(registry) else ""
     typer.echo(
         f"{len(registry)} tile(s) in {path}{in_all}; {stats.requests} request(s), "
@@ -435,6 +427,8 @@ def _write_assignment(out: Path, part: Any, catalogs: list[Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from constellation.io.storage import Storage
+
     sizes = np.array([len(c) for c in catalogs])
     starts = np.concatenate([[0], np.cumsum(sizes)])
     ids = [c.object_id if c.object_id is not None else np.full(len(c), -1) for c in catalogs]
@@ -467,5 +461,6 @@ def _write_assignment(out: Path, part: Any, catalogs: list[Any]) -> None:
             "in_core": pa.array(in_core),
         }
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, out)
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    Storage().write_bytes(str(out), buf.getvalue().to_pybytes())

@@ -3,7 +3,7 @@
 For every exposure of an :class:`~constellation.io.observations.ObservationIndex`
 the extension headers of its DET file (``{id}.SCI/.RMS/.FLG``), its BKG file
 (``{id}``) and its observation's PSF file (``{id}``; read once per URL) are read
-with :func:`~constellation.io.fits_extensions.read_extension_headers`, and one
+with :func:`~constellation.io.fits.read_extension_headers`, and one
 row per quadrant exposure is made with the columns of
 :data:`~constellation.manifest.quadrant_index.QUADRANT_INDEX_SCHEMA`. Rows are
 sorted by ``healpix`` and written as Parquet (zstd, row groups of 8192 rows).
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning
 
-from constellation.io.fits_extensions import (
+from constellation.io.fits import (
     DEFAULT_RANGE_WORKERS,
     ExtensionHeader,
     ExtensionScan,

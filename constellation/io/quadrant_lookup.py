@@ -24,7 +24,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -159,19 +159,12 @@ def box_region(tile: Tile, box: Box, *, order: int | None = None, exact: bool = 
 
 
 def _open(storage: Storage | None, url: str | os.PathLike[str]) -> tuple[pq.ParquetFile, Any]:
-    """A ParquetFile on a local path or a storage URL, and the handle to close."""
-    from constellation.io.storage import local_path
+    """A ParquetFile over ``storage`` (ranged reads; default: a new anonymous
+    :class:`~constellation.io.storage.Storage`, enough for local files), and the handle
+    to close."""
+    from constellation.io.storage import Storage
 
-    if isinstance(url, os.PathLike):
-        url = os.fspath(url)
-    path = local_path(url)
-    handle: IO[Any] | None
-    if storage is None or path is not None:
-        if path is None:
-            raise ValueError(f"{url}: a remote URL needs a Storage")
-        handle = open(path, "rb")  # noqa: SIM115 - closed by QuadrantIndexFile.close
-    else:
-        handle = storage.open(url)
+    handle = (storage or Storage()).open(os.fspath(url))
     try:
         return pq.ParquetFile(handle), handle
     except Exception:
@@ -185,8 +178,8 @@ class QuadrantIndexFile:
     Parameters
     ----------
     storage
-        Storage for remote URLs (``s3://``, ``memory://`` ...); ``None`` or any
-        storage for local paths, which are opened directly.
+        The storage the file is read through (ranged reads: the footer, then the row
+        groups a lookup needs); ``None``: a new anonymous one (local files).
     url
         The index file.
     """

@@ -4,11 +4,12 @@ headers of the MER mosaics."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -50,18 +51,27 @@ log = logging.getLogger(__name__)
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
 
-def _format_of(path: Path) -> str:
-    fmt = _FORMATS.get(path.suffix.lower())
+def _format_of(url: str) -> str:
+    suffix = PurePosixPath(url.rstrip("/")).suffix
+    fmt = _FORMATS.get(suffix.lower())
     if fmt is None:
         raise RegistryError(
-            f"{path}: unknown registry format {path.suffix!r}; use one of {sorted(_FORMATS)}"
+            f"{url}: unknown registry format {suffix!r}; use one of {sorted(_FORMATS)}"
         )
     return fmt
 
 
-def read_registry(path: str | Path) -> TileRegistry:
+def read_registry(path: str | os.PathLike[str], storage: Storage | None = None) -> TileRegistry:
     """Load a registry from Parquet or CSV with columns ``tile_id, ra, dec,
     core_size_arcmin, extended_size_arcmin`` (extra columns are ignored).
+
+    Parameters
+    ----------
+    path
+        A local path or any URL ``storage`` reads (``s3://...``).
+    storage
+        The :class:`~constellation.io.storage.Storage` to read with (default: a new
+        anonymous one, enough for local files).
 
     Raises
     ------
@@ -72,26 +82,33 @@ def read_registry(path: str | Path) -> TileRegistry:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    p = Path(path)
-    fmt = _format_of(p)
-    if not p.is_file():
-        raise RegistryError(f"{p}: registry file not found")
+    from constellation.io.storage import Storage
+
+    url = os.fspath(path)
+    fmt = _format_of(url)
+    store = storage or Storage()
+    try:
+        data = store.read_bytes(url)
+    except (FileNotFoundError, IsADirectoryError):
+        raise RegistryError(f"{url}: registry file not found") from None
+    except OSError as exc:
+        raise RegistryError(f"{url}: cannot read registry: {exc}") from exc
     try:
         if fmt == "parquet":
-            table = pq.read_table(p)
+            table = pq.read_table(pa.BufferReader(data))
         else:
             table = pacsv.read_csv(
-                p,
+                pa.BufferReader(data),
                 convert_options=pacsv.ConvertOptions(
                     column_types={"tile_id": pa.int64(), "ra": pa.float64(), "dec": pa.float64()}
                 ),
             )
     except (OSError, pa.ArrowInvalid) as exc:
-        raise RegistryError(f"{p}: cannot read registry: {exc}") from exc
+        raise RegistryError(f"{url}: cannot read registry: {exc}") from exc
     try:
         return TileRegistry.from_arrow(table)
     except RegistryError as exc:
-        raise RegistryError(f"{p}: {exc}") from exc
+        raise RegistryError(f"{url}: {exc}") from exc
 
 
 def read_work_registry(storage: Storage, work_uri: str) -> TileRegistry:
@@ -103,10 +120,6 @@ def read_work_registry(storage: Storage, work_uri: str) -> TileRegistry:
     FileNotFoundError
         When there is none yet (run ``constellation tiles resolve`` or the index flow).
     """
-    import io
-
-    import pyarrow.parquet as pq
-
     from constellation.manifest.layout import registry_url
 
     url = registry_url(work_uri)
@@ -114,25 +127,31 @@ def read_work_registry(storage: Storage, work_uri: str) -> TileRegistry:
         raise FileNotFoundError(
             f"no tile registry at {url}: run 'constellation tiles resolve' (or the index flow)"
         )
-    return TileRegistry.from_arrow(pq.read_table(io.BytesIO(storage.read_bytes(url))))
+    return read_registry(url, storage)
 
 
-def write_registry(registry: TileRegistry, path: str | Path) -> Path:
-    """Write a registry as Parquet or CSV (by suffix); the write is atomic."""
+def write_registry(
+    registry: TileRegistry, path: str | os.PathLike[str], storage: Storage | None = None
+) -> str:
+    """Write a registry as Parquet or CSV (by suffix) through ``storage`` (default: a new
+    anonymous one); the write is atomic (see
+    :meth:`~constellation.io.storage.Storage.write_bytes`). Returns the URL written."""
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    p = Path(path)
-    fmt = _format_of(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
+    from constellation.io.storage import Storage
+
+    url = os.fspath(path)
+    fmt = _format_of(url)
     table = registry.to_arrow()
+    buf = pa.BufferOutputStream()
     if fmt == "parquet":
-        pq.write_table(table, tmp)
+        pq.write_table(table, buf)
     else:
-        pacsv.write_csv(table, tmp)
-    tmp.replace(p)
-    return p
+        pacsv.write_csv(table, buf)
+    (storage or Storage()).write_bytes(url, buf.getvalue().to_pybytes())
+    return url
 
 
 # --------------------------------------------------------------------------- resolution
@@ -371,7 +390,7 @@ class _Fetched:
 
 def _fetch_mosaic_header(storage: Storage, mer_root_url: str, tile_id: int) -> _Fetched:
     """Find a tile's VIS mosaic and read its image header (I/O only; runs in a worker)."""
-    from constellation.io.fits_headers import FitsHeaderError, read_header, read_primary_header
+    from constellation.io.fits import FitsHeaderError, read_header, read_primary_header
 
     url = find_vis_mosaic(storage, mer_root_url, tile_id)
     try:
@@ -522,7 +541,7 @@ def merge_registries(base: TileRegistry, update: TileRegistry) -> TileRegistry:
 
 
 def load_or_resolve_registry(
-    cache_path: str | Path,
+    cache_path: str | os.PathLike[str],
     storage: Storage,
     mer_root_url: str,
     tile_ids: Iterable[int] | None = None,
@@ -538,7 +557,8 @@ def load_or_resolve_registry(
     Parameters
     ----------
     cache_path
-        Local registry file (``.parquet`` or ``.csv``).
+        Registry file (``.parquet`` or ``.csv``): a local path or a URL, read and
+        written through ``storage``.
     storage, mer_root_url, progress, core_margin_arcmin, max_workers, skip_missing
         As for :func:`resolve_registry`.
     tile_ids
@@ -554,9 +574,10 @@ def load_or_resolve_registry(
         The cached registry when ``tile_ids`` is ``None``, otherwise the rows of
         the requested tiles (without those skipped as missing).
     """
-    path = Path(cache_path)
+    path = os.fspath(cache_path)
     wanted = None if tile_ids is None else sorted({int(t) for t in tile_ids})
-    cached = read_registry(path) if path.is_file() and not (refresh and wanted is None) else None
+    reuse = not (refresh and wanted is None) and storage.exists(path)
+    cached = read_registry(path, storage) if reuse else None
     if cached is not None and wanted is None:
         log.info("using cached tile registry %s (%d tiles)", path, len(cached))
         return cached
@@ -577,7 +598,7 @@ def load_or_resolve_registry(
         skip_missing=skip_missing,
     )
     registry = fresh if cached is None else merge_registries(cached, fresh)
-    write_registry(registry, path)
+    write_registry(registry, path, storage)
     log.info("wrote tile registry %s (%d tiles)", path, len(registry))
     if wanted is None:
         return registry

@@ -4,7 +4,7 @@ Layout under the work root::
 
     {work_uri}/quadrant_index.parquet
     {work_uri}/registry.parquet
-    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/manifest.yaml
+    {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/manifest.json
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/sources.parquet
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/_DONE.json
     {work_uri}/tiles/{tile}/subtiles/r{row}_c{col}/result.parquet   (inference)
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 __all__ = [
     "DONE_NAME",
     "MANIFEST_NAME",
+    "MANIFEST_NAME_V2",
     "RESULT_DONE_NAME",
     "RESULT_NAME",
     "SOURCES_NAME",
@@ -41,7 +42,10 @@ __all__ = [
     "tile_dir",
 ]
 
-MANIFEST_NAME = "manifest.yaml"
+MANIFEST_NAME = "manifest.json"
+#: Where manifests of version 2 (YAML) were written; prepare deletes such a file when it
+#: writes :data:`MANIFEST_NAME` next to it.
+MANIFEST_NAME_V2 = "manifest.yaml"
 SOURCES_NAME = "sources.parquet"
 DONE_NAME = "_DONE.json"
 RESULT_NAME = "result.parquet"
@@ -111,7 +115,7 @@ def subtile_dir(work_uri: str, tile_id: int, row: int, col: int) -> str:
 
 
 def manifest_url(work_uri: str, tile_id: int, row: int, col: int) -> str:
-    """The sub-tile manifest (YAML)."""
+    """The sub-tile manifest (JSON)."""
     return join(subtile_dir(work_uri, tile_id, row, col), MANIFEST_NAME)
 
 

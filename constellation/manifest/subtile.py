@@ -1,6 +1,7 @@
 """The sub-tile manifest: everything SHINE needs to fit one sub-tile (a pure contract).
 
-One YAML document per sub-tile, readable on its own (see ``docs/manifest.md``):
+One JSON document per sub-tile (``manifest.json``), readable on its own (see
+``docs/manifest.md``):
 
 * ``identity`` — tile id, row, column, preparation hash, code version;
 * ``geometry`` — the tile centre, the core and extended boxes in the tile's
@@ -10,19 +11,27 @@ One YAML document per sub-tile, readable on its own (see ``docs/manifest.md``):
 * ``sources`` — the sub-tile source table (relative to the manifest) and counts;
 * ``shine`` — the SHINE sections ``inference``, ``gal`` and ``sources``, verbatim.
 
-Serialisation is deterministic: keys sorted, floats written with ``repr`` (exact
-round trip), integers (object ids, byte offsets) as integers, strings double-quoted.
+Serialisation is pydantic's JSON: deterministic (fields in schema order, the SHINE
+sections' keys sorted), floats in their shortest exact form, integers (object ids,
+byte offsets) as integers. Version 2 manifests were YAML written and read by ~230
+lines of hand-written emitter and subset loader; pydantic's JSON replaced them on
+these figures (a 55 kB manifest of 60 quadrant exposures, median of 200 calls, on a
+2-core machine shared with other jobs): dump 4.7 ms (YAML emitter) -> 0.43 ms
+(indented JSON; 0.22 ms compact, so the indentation stays); validated load 7.3 ms
+(subset loader) -> 0.71 ms. Version-2 YAML manifests (same schema) are still read,
+with PyYAML's safe loader (32 ms: only for a work root prepared before version 3).
+Read ``manifest.json`` with a JSON parser: a YAML 1.1 reader (PyYAML) reads the
+float ``1e-05`` as a string.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 __all__ = [
     "MANIFEST_VERSION",
@@ -43,11 +52,13 @@ __all__ = [
     "parse_manifest",
 ]
 
-#: Bumped on any incompatible change of the manifest schema. Version 2: the identity
-#: carries the ``preparation_hash`` (the science configuration without its backend
-#: section) instead of version 1's ``config_hash`` (all of it), so that switching
-#: backends keeps the manifests, and with them the results of the other backend.
-MANIFEST_VERSION: Literal[2] = 2
+#: Bumped on any incompatible change of the manifest schema or format. Version 2: the
+#: identity carries the ``preparation_hash`` (the science configuration without its
+#: backend section) instead of version 1's ``config_hash`` (all of it), so that
+#: switching backends keeps the manifests, and with them the results of the other
+#: backend. Version 3: JSON (``manifest.json``) instead of YAML, the same schema;
+#: :func:`parse_manifest` still reads version 2 and refuses version 1.
+MANIFEST_VERSION: Literal[3] = 3
 
 # Safe loading only: tags such as !!python/object are errors, never constructed.
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -60,7 +71,9 @@ class ManifestError(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities round trip as the constants NaN / Infinity (json and pydantic
+    # read them back), not as null
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="constants")
 
 
 class ManifestIdentity(_Model):
@@ -166,17 +179,30 @@ class ManifestSources(_Model):
 class ShinePassThrough(_Model):
     """SHINE sections copied verbatim from the science configuration."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     inference: dict[str, Any] = Field(default_factory=dict)
     gal: dict[str, Any] = Field(default_factory=dict)
     sources: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("inference", "gal", "sources")
+    @classmethod
+    def _sorted(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Keys sorted (recursively): the manifest's bytes do not depend on the order
+        of the configuration file."""
+        return _sort_keys(value)  # type: ignore[no-any-return]
+
+
+def _sort_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _sort_keys(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list | tuple):
+        return [_sort_keys(v) for v in value]
+    return value
 
 
 class SubTileManifest(_Model):
     """The versioned sub-tile manifest (constellation -> SHINE)."""
 
-    manifest_version: Literal[2] = MANIFEST_VERSION
+    manifest_version: Literal[3] = MANIFEST_VERSION
     identity: ManifestIdentity
     geometry: ManifestGeometry
     exposures: list[QuadrantExposure] = Field(
@@ -192,254 +218,65 @@ class SubTileManifest(_Model):
 
 
 def dump_manifest(manifest: SubTileManifest) -> bytes:
-    """The manifest as deterministic YAML bytes (sorted keys, exact floats, UTF-8).
+    """The manifest as JSON bytes (UTF-8, indented by one space, final newline).
 
-    A small block-style emitter (below) rather than PyYAML's representer, which
-    spends ~10 ms per manifest walking a few thousand nodes; the output is plain
-    YAML that any loader reads back to the same values (tested against PyYAML).
+    pydantic's serialiser writes fields in schema order (the SHINE sections' keys
+    are sorted when the model is built), floats in their shortest exact form and
+    integers as integers; NaN and infinities as ``NaN`` / ``Infinity``.
     """
-    lines: list[str] = []
-    _emit_mapping(manifest.model_dump(mode="python"), 0, lines)
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return manifest.model_dump_json(indent=1).encode("utf-8") + b"\n"
 
 
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ".nan"
-        if math.isinf(value):
-            return ".inf" if value > 0 else "-.inf"
-        text = repr(value)
-        # YAML 1.1 needs a dot in the mantissa ("1e-05" would load as a string)
-        if "e" in text and "." not in text:
-            text = text.replace("e", ".0e", 1)
-        return text
-    if isinstance(value, str):
-        # a JSON string is a valid YAML double-quoted scalar with the same value
-        return json.dumps(value, ensure_ascii=False)
-    raise TypeError(f"cannot write {type(value).__name__} into a manifest")
+_JSON_START = re.compile(rb"\s*\{")
 
 
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_RESERVED = frozenset(
-    ["y", "n", "yes", "no", "on", "off", "true", "false", "null"]
-)  # words YAML 1.1 reads as booleans or null
-
-
-def _key(key: Any) -> str:
-    if not isinstance(key, str):
-        raise TypeError(f"manifest keys must be strings, got {key!r}")
-    if _PLAIN_KEY.fullmatch(key) and key.lower() not in _RESERVED:
-        return key
-    return json.dumps(key, ensure_ascii=False)
-
-
-def _emit_mapping(data: dict[str, Any], indent: int, lines: list[str]) -> None:
-    pad = " " * indent
-    for key in sorted(data):
-        value = data[key]
-        k = _key(key)
-        if isinstance(value, dict) and value:
-            lines.append(f"{pad}{k}:")
-            _emit_mapping(value, indent + 2, lines)
-        elif isinstance(value, list | tuple) and value:
-            lines.append(f"{pad}{k}:")
-            _emit_sequence(list(value), indent + 2, lines)
-        elif isinstance(value, dict):
-            lines.append(f"{pad}{k}: {{}}")
-        elif isinstance(value, list | tuple):
-            lines.append(f"{pad}{k}: []")
-        else:
-            lines.append(f"{pad}{k}: {_scalar(value)}")
-
-
-def _emit_sequence(items: list[Any], indent: int, lines: list[str]) -> None:
-    pad = " " * indent
-    for item in items:
-        if isinstance(item, dict) and item:
-            start = len(lines)
-            _emit_mapping(item, indent + 2, lines)
-            lines[start] = f"{pad}- " + lines[start][indent + 2 :]
-        elif isinstance(item, list | tuple) and item:
-            lines.append(f"{pad}-")
-            _emit_sequence(list(item), indent + 2, lines)
-        elif isinstance(item, dict):
-            lines.append(f"{pad}- {{}}")
-        elif isinstance(item, list | tuple):
-            lines.append(f"{pad}- []")
-        else:
-            lines.append(f"{pad}- {_scalar(item)}")
-
-
-class _UnsupportedYamlError(ValueError):
-    """Text outside the YAML subset :func:`dump_manifest` writes."""
-
-
-_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
-_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+][0-9]+)?")
-_PLAIN_ENTRY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*):(?: (.*))?")
-_SPECIAL = {"null": None, "~": None, "true": True, "false": False, ".nan": math.nan,
-            ".inf": math.inf, "-.inf": -math.inf}  # fmt: skip
-_JSON = json.JSONDecoder()
-
-
-def _fast_scalar(text: str) -> Any:
-    if text in _SPECIAL:
-        return _SPECIAL[text]
-    if text == "{}":
-        return {}
-    if text == "[]":
-        return []
-    if text.startswith('"'):
-        value, end = _JSON.raw_decode(text)
-        if end != len(text):
-            raise _UnsupportedYamlError(text)
-        return value
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    raise _UnsupportedYamlError(text)
-
-
-def _split_entry(content: str) -> tuple[str, str | None] | None:
-    """``key: rest`` (rest None for ``key:``), or None when ``content`` is no entry."""
-    if content.startswith('"'):
-        key, end = _JSON.raw_decode(content)
-        tail = content[end:]
-        if not tail.startswith(":"):
-            return None
-        if tail == ":":
-            return key, None
-        if not tail.startswith(": "):
-            raise _UnsupportedYamlError(content)
-        return key, tail[2:]
-    m = _PLAIN_ENTRY.fullmatch(content)
-    if m is None:
-        return None
-    return m.group(1), m.group(2)
-
-
-class _FastLoader:
-    """A loader for exactly the block-style subset :func:`dump_manifest` emits.
-
-    PyYAML spends ~1.5 us per node constructing Python objects (~60 ms for a manifest
-    of 40 exposures); this reads the same text in a few ms. Anything outside the
-    subset — comments, flow collections, anchors, plain strings, YAML 1.1 number
-    forms — raises :class:`_UnsupportedYamlError` and the caller falls back to PyYAML, so
-    hand-edited manifests still load with full YAML semantics.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.lines: list[tuple[int, str]] = []
-        for line in text.split("\n"):
-            content = line.lstrip(" ")
-            if not content:
-                continue
-            if content.startswith("#") or "\t" in line[: len(line) - len(content)]:
-                raise _UnsupportedYamlError("comments or tabs")
-            self.lines.append((len(line) - len(content), content.rstrip(" ")))
-
-    def load(self) -> Any:
-        if not self.lines:
-            return None
-        value, end = self._block(0, self.lines[0][0])
-        if end != len(self.lines):
-            raise _UnsupportedYamlError("trailing content")
-        return value
-
-    def _block(self, i: int, indent: int) -> tuple[Any, int]:
-        content = self.lines[i][1]
-        if content == "-" or content.startswith("- "):
-            return self._sequence(i, indent)
-        return self._mapping(i, indent)
-
-    def _nested(self, i: int, indent: int) -> tuple[Any, int]:
-        if i < len(self.lines) and self.lines[i][0] > indent:
-            return self._block(i, self.lines[i][0])
-        raise _UnsupportedYamlError("empty value")
-
-    def _mapping(self, i: int, indent: int) -> tuple[dict[str, Any], int]:
-        out: dict[str, Any] = {}
-        while i < len(self.lines):
-            ind, content = self.lines[i]
-            if ind < indent:
-                break
-            if ind > indent:
-                raise _UnsupportedYamlError("indentation")
-            entry = _split_entry(content)
-            if entry is None:
-                raise _UnsupportedYamlError(content)
-            key, rest = entry
-            if key in out:
-                raise _UnsupportedYamlError(f"duplicate key {key!r}")
-            if rest is None:
-                out[key], i = self._nested(i + 1, indent)
-            else:
-                out[key] = _fast_scalar(rest)
-                i += 1
-        return out, i
-
-    def _sequence(self, i: int, indent: int) -> tuple[list[Any], int]:
-        out: list[Any] = []
-        while i < len(self.lines):
-            ind, content = self.lines[i]
-            if ind < indent:
-                break
-            if ind > indent or not (content == "-" or content.startswith("- ")):
-                raise _UnsupportedYamlError("sequence layout")
-            if content == "-":
-                value, i = self._nested(i + 1, indent)
-                out.append(value)
-                continue
-            rest = content[2:].lstrip(" ")
-            inner = indent + len(content) - len(rest)
-            if _split_entry(rest) is not None:
-                self.lines[i] = (inner, rest)  # the item's first entry
-                value, i = self._mapping(i, inner)
-            else:
-                value = _fast_scalar(rest)
-                i += 1
-            out.append(value)
-        return out, i
-
-
-def load_yaml_subset(data: bytes | str) -> Any:
-    """Load manifest YAML: the fast subset loader, PyYAML for anything else."""
+def _load_document(data: bytes | str) -> Any:
+    """JSON text (starts with ``{``) with the JSON parser, anything else with PyYAML's
+    safe loader (version-2 manifests were YAML)."""
     text = data.decode("utf-8") if isinstance(data, bytes) else data
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"not valid JSON: {exc}") from None
     try:
-        return _FastLoader(text).load()
-    except (_UnsupportedYamlError, ValueError):
         return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def parse_manifest(data: bytes | str) -> SubTileManifest:
-    """Validate YAML manifest text.
+    """Validate manifest text: JSON (version 3), or YAML of version 2 (same schema).
+
+    A JSON document that states version 3 is validated by pydantic straight from its
+    bytes; otherwise (or for YAML) the document is parsed first, so that the error says
+    which version it is.
 
     Raises
     ------
     ManifestError
-        One line: not UTF-8, not (safe) YAML, not a mapping, another
+        One line: not UTF-8, not JSON / (safe) YAML, not a mapping, another
         ``manifest_version``, or the fields that do not match the schema.
     """
+    raw_bytes = data.encode("utf-8") if isinstance(data, str) else data
+    if _JSON_START.match(raw_bytes):
+        try:
+            manifest = SubTileManifest.model_validate_json(raw_bytes)
+        except ValidationError:
+            pass  # below: which version, or which fields
+        else:
+            if "manifest_version" in manifest.model_fields_set:  # not the default
+                return manifest
     try:
-        raw = load_yaml_subset(data)
+        raw = _load_document(raw_bytes)
     except UnicodeDecodeError:
         raise ManifestError("not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(raw, dict):
-        raise ManifestError("a manifest must be a YAML mapping")
+        raise ManifestError("a manifest must be a mapping")
     version = raw.get("manifest_version")
-    if version != MANIFEST_VERSION:
+    if version == 2:  # the YAML manifests of constellation 0.x: the same schema
+        raw = {**raw, "manifest_version": MANIFEST_VERSION}
+    elif version != MANIFEST_VERSION:
         older = isinstance(version, int) and 1 <= version < MANIFEST_VERSION
         raise ManifestError(
             f"unsupported manifest_version {version!r} (expected {MANIFEST_VERSION})"

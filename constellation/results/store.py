@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow._parquet import ParquetReader as _ParquetReader
 
 from constellation.io.storage import Storage
 from constellation.manifest import layout
@@ -210,11 +209,14 @@ def subtile_rows(records: list[dict[str, Any]]) -> pa.Table:
 
 
 def read_footer(data: bytes | pa.Buffer) -> pq.FileMetaData:
-    """The Parquet footer of a file in memory (what ``pq.read_metadata`` gives, without
-    building a ``ParquetFile``: ~30 % cheaper for a result's 40 columns)."""
-    reader = _ParquetReader()
-    reader.open(pa.BufferReader(data))
-    metadata: pq.FileMetaData = reader.metadata
+    """The Parquet footer of a file in memory.
+
+    Public pyarrow API. The private ``pyarrow._parquet.ParquetReader`` it replaced skipped
+    building a ``ParquetFile`` and read a result's footer in 83 us instead of 113 us
+    (``pq.read_metadata``: 122 us; interleaved medians of 30 x 500 reads of a 300-source
+    result, 2-core machine shared with other jobs): ~30 us per result, under a tenth of
+    the assembler's ~0.4 ms per result, not worth a private module."""
+    metadata: pq.FileMetaData = pq.ParquetFile(pa.BufferReader(data)).metadata
     return metadata
 
 

@@ -16,15 +16,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from constellation.io.fits_headers import header_data_span
+from constellation.io.fits import BLOCK_BYTES, Card, header_data_span, pad_bytes
 
-__all__ = ["BLOCK", "HduSpec", "assemble_bytes", "data_span", "write_sparse"]
-
-BLOCK = 2880
-
-
-def _pad(n: int) -> int:
-    return (-n) % BLOCK
+__all__ = ["HduSpec", "assemble_bytes", "cards_of", "data_span", "header_only", "write_sparse"]
 
 
 @dataclass(frozen=True)
@@ -50,8 +44,8 @@ def _header_bytes(header: fits.Header | bytes) -> bytes:
     if isinstance(header, bytes):
         return header
     raw: bytes = header.tostring(endcard=True, padding=True).encode("ascii")
-    if len(raw) % BLOCK:  # pragma: no cover - astropy pads already
-        raw += b" " * _pad(len(raw))
+    if len(raw) % BLOCK_BYTES:  # pragma: no cover - astropy pads already
+        raw += b" " * pad_bytes(len(raw))
     return raw
 
 
@@ -60,7 +54,7 @@ def _data_bytes(data: np.ndarray) -> bytes:
             np.dtype(np.int32): ">i4", np.dtype(np.int16): ">i2",
             np.dtype(np.uint8): "u1", np.dtype(np.int64): ">i8"}[np.dtype(data.dtype)]  # fmt: skip
     raw = np.ascontiguousarray(data).astype(kind, copy=False).tobytes()
-    return raw + b"\0" * _pad(len(raw))
+    return raw + b"\0" * pad_bytes(len(raw))
 
 
 def assemble_bytes(hdus: Iterable[HduSpec]) -> bytes:
@@ -110,55 +104,6 @@ def header_only(header: fits.Header) -> bytes:
     truncated.
     """
     return _header_bytes(header)
-
-
-Card = tuple[str, object, str]
-
-
-def _value_text(value: object) -> str:
-    if isinstance(value, bool | np.bool_):
-        return f"{'T' if value else 'F':>20}"
-    if isinstance(value, int | np.integer):
-        return f"{int(value):>20}"
-    if isinstance(value, float | np.floating):
-        v = float(value)
-        text = repr(v).upper()
-        if "." not in text and "E" not in text:
-            text += "."
-        if len(text) > 20:
-            text = f"{v:.15E}"
-        return f"{text:>20}"
-    if isinstance(value, str):
-        s = value.replace("'", "''")
-        return f"'{s:<8}'".ljust(20)
-    raise TypeError(f"unsupported FITS value {value!r}")
-
-
-def card_image(keyword: str, value: object, comment: str = "") -> str:
-    """One 80-character FITS card (keyword <= 8 characters, or HIERARCH ...)."""
-    if keyword.startswith("HIERARCH "):
-        head = f"{keyword} = "
-    else:
-        if len(keyword) > 8:
-            raise ValueError(f"keyword {keyword!r} longer than 8 characters")
-        head = f"{keyword:<8}= "
-    text = head + _value_text(value)
-    if comment:
-        text += " / " + comment
-    if len(text) > 80:
-        text = text[:80]
-    return text.ljust(80)
-
-
-def cards_to_header_bytes(cards: Iterable[Card]) -> bytes:
-    """Header bytes (with END, padded to 2880) from ``(keyword, value, comment)`` cards.
-
-    A fast path for the thousands of near-identical quadrant headers: astropy's
-    Header machinery costs ~1 ms per card list, this a few microseconds.
-    """
-    text = "".join(card_image(k, v, c) for k, v, c in cards) + "END".ljust(80)
-    raw = text.encode("ascii")
-    return raw + b" " * _pad(len(raw))
 
 
 def cards_of(header: fits.Header) -> list[Card]:

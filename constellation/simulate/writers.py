@@ -22,18 +22,11 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
+from constellation.io.fits import Card, cards_to_header_bytes, pad_bytes
 from constellation.io.storage import local_path
 from constellation.simulate import focal_plane
 from constellation.simulate.field import Exposure, FieldPlan
-from constellation.simulate.fitsbytes import (
-    BLOCK,
-    Card,
-    HduSpec,
-    assemble_bytes,
-    cards_to_header_bytes,
-    header_only,
-    write_sparse,
-)
+from constellation.simulate.fitsbytes import HduSpec, assemble_bytes, header_only, write_sparse
 from constellation.simulate.psf import psf_grid, psf_parameters
 from constellation.simulate.render import RenderSources, render_quadrant
 from constellation.simulate.sources import CATALOG_COLUMNS, SourceSet
@@ -159,7 +152,7 @@ def _image_hdu(base: list[Card], nx: int, ny: int, extname: str, bitpix: int,
     ]
     cards.extend(c for c in base if c[0] not in _SKIP)
     n = nx * ny * abs(bitpix) // 8
-    return HduSpec(cards_to_header_bytes(cards), data, n + (-n) % BLOCK)
+    return HduSpec(cards_to_header_bytes(cards), data, n + pad_bytes(n))
 
 
 def _primary_header(e: Exposure | None, extra: dict[str, Any]) -> fits.Header:

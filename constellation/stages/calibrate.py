@@ -78,8 +78,8 @@ def _run_field(
     from constellation.io.quadrant_index import build_quadrant_index
     from constellation.io.registry import resolve_registry, write_registry
     from constellation.simulate.run import simulate_field
-    from constellation.stages.infer import infer_subtile
-    from constellation.stages.prepare import plan, run_one
+    from constellation.stages import infer, prepare
+    from constellation.stages.base import drive
     from constellation.truth import load_truth_field
 
     data = settings.runtime.storage.data_uri
@@ -90,18 +90,11 @@ def _run_field(
     registry = resolve_registry(storage, layout.join(data, "q1", "MER"))
     write_registry(registry, layout.registry_url(work))
     build_quadrant_index(storage, layout.join(data, "q1", "VIS"), layout.quadrant_index_url(work))
-    for item in plan(settings, registry):
-        run_one(item, storage)
-    backend = get_backend(settings)
-    for tid in registry.tile_id:
-        for url in sorted(storage.glob(layout.manifest_pattern(work, int(tid)))):
-            infer_subtile(
-                url, storage, backend, run_id=run_id,
-                healpix_order=settings.science.healpix.source_order,
-                partition_order=settings.science.healpix.partition_order,
-                config_hash=settings.config_hash,
-                expected_preparation_hash=settings.preparation_hash,
-            )  # fmt: skip
+    prepared = drive(prepare.PrepareStage(), prepare.plan(settings, registry), storage)
+    if prepared.failed:
+        raise ValueError(f"calibration field not prepared: {prepared.summary.lines()[0]}")
+    stage = infer.InferStage.from_settings(settings, get_backend(settings), run_id)
+    drive(stage, infer.plan(storage, work, [int(t) for t in registry.tile_id]), storage)
     assemble(settings, run_id=run_id)
     subtiles = open_catalog(settings).read(SUBTILES)
     injected, recovered, keys = subtile_shears(subtiles, load_truth_field(storage, truth_uri))

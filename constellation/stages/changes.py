@@ -11,8 +11,9 @@ Three kinds of change make a tile stale:
 * **configuration** — a tile whose prepared sub-tiles carry another science
   config hash, or that was never prepared.
 
-Pure functions over tables and small dicts plus two helpers that read and write
-the saved state; the reprocessing flow strings them together.
+Pure functions over tables and small dicts, two helpers that read and write the
+saved state, and :func:`field_changes` / :func:`record_run` that string them
+together for a field (the reprocessing flow and the pipeline call only these).
 """
 
 from __future__ import annotations
@@ -20,26 +21,34 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from constellation.io.registry import read_work_registry
 from constellation.io.storage import Storage
 from constellation.manifest import layout
 from constellation.sky import sky_to_plane
 from constellation.sky.registry import TileRegistry
 
+if TYPE_CHECKING:
+    from constellation.config import Settings
+
 __all__ = [
     "INDEX_KEY_COLUMNS",
+    "FieldChanges",
     "catalog_fingerprints",
     "changed_catalog_tiles",
     "changed_index_rows",
+    "field_changes",
     "next_state",
     "ran_before",
     "read_index_keys",
     "read_state",
+    "record_run",
     "stale_config_tiles",
     "tiles_touched",
     "write_state",
@@ -227,3 +236,101 @@ def ran_before(state: Mapping[str, Any], config_hash: str, tiles: Iterable[int])
     if not wanted or state.get("config_hash") != config_hash:
         return False
     return wanted <= {int(t) for t in state.get("tiles_run", [])}
+
+
+# --------------------------------------------------------------------------- the field
+
+
+@dataclass(frozen=True)
+class FieldChanges:
+    """Which tiles of a field changed since the last run, by kind of change."""
+
+    field: list[int]
+    changed_index_rows: int
+    by_exposures: frozenset[int]
+    by_catalogs: frozenset[int]
+    by_config: frozenset[int]
+    #: the catalog fingerprints now (the field's tiles and the neighbours they read)
+    fingerprints: dict[str, Any]
+    #: the state the previous run saved
+    state: dict[str, Any]
+
+    @property
+    def affected(self) -> list[int]:
+        """The tiles to redo."""
+        return sorted(self.by_exposures | self.by_catalogs | self.by_config)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts and tile lists a reprocessing run reports."""
+        return {
+            "field_tiles": len(self.field),
+            "changed_index_rows": self.changed_index_rows,
+            "tiles_by_exposures": sorted(self.by_exposures),
+            "tiles_by_catalogs": sorted(self.by_catalogs),
+            "tiles_by_config": sorted(self.by_config),
+            "affected": self.affected,
+        }
+
+
+def _readers(
+    settings: Settings, registry: TileRegistry, tiles: Iterable[int]
+) -> dict[int, list[int]]:
+    """Tile -> the neighbour tiles whose catalogs it reads (the prepare stage's plan)."""
+    from constellation.stages.prepare import plan
+
+    return {it.tile.tile_id: it.neighbours for it in plan(settings, registry, tiles)}
+
+
+def field_changes(
+    settings: Settings,
+    storage: Storage,
+    registry: TileRegistry,
+    field: Iterable[int],
+    index_before: pa.Table | None,
+    index_after: pa.Table | None,
+) -> FieldChanges:
+    """The tiles of ``field`` to redo: those reached by quadrant-index rows that differ
+    between ``index_before`` and ``index_after`` (:func:`read_index_keys` before and
+    after the index update), those reading a MER catalog that changed since the saved
+    state, and those last prepared or run under another configuration."""
+    work = settings.runtime.storage.work_uri
+    tiles = sorted(set(field))
+    moved = changed_index_rows(index_before, index_after)
+    by_exposures = tiles_touched(registry, moved, settings.science.tiling.margin_arcmin)
+    state = read_state(storage, work)
+    readers = _readers(settings, registry, tiles)
+    wanted = sorted(set(tiles) | {n for v in readers.values() for n in v})
+    now = catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
+    by_catalogs = changed_catalog_tiles(state.get("catalogs", {}), now, readers) & set(tiles)
+    by_config = stale_config_tiles(
+        storage, work, tiles, settings.preparation_hash, state, settings.config_hash
+    )
+    return FieldChanges(
+        tiles, moved.num_rows, frozenset(by_exposures),
+        frozenset(by_catalogs), frozenset(by_config), now, state,
+    )  # fmt: skip
+
+
+def record_run(
+    settings: Settings,
+    storage: Storage,
+    tiles: Iterable[int],
+    completed: bool,
+    changes: FieldChanges | None = None,
+) -> None:
+    """Save the baseline the next reprocessing run compares against: the catalog
+    fingerprints of ``tiles`` and their neighbours and, when ``completed`` (nothing
+    failed), that ``tiles`` ran under this configuration. ``changes``: the state and
+    fingerprints already read by :func:`field_changes` (else they are read here)."""
+    work = settings.runtime.storage.work_uri
+    chosen = sorted(set(tiles))
+    if changes is None:
+        registry = read_work_registry(storage, work)
+        readers = _readers(settings, registry, chosen)
+        wanted = sorted(set(chosen) | {n for v in readers.values() for n in v})
+        now = catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
+        state = read_state(storage, work)
+    else:
+        now, state = changes.fingerprints, changes.state
+    done = chosen if completed else []
+    write_state(storage, work, next_state(state, now, settings.config_hash, done))

@@ -35,11 +35,10 @@ import hashlib
 import io
 import logging
 import time
-from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -48,10 +47,7 @@ import pyarrow.parquet as pq
 from constellation import __version__
 from constellation.inference.base import (
     BackendOutput,
-    BackendUnavailableError,
     InferenceBackend,
-    NothingToFitError,
-    SubTileDataError,
     SubTileInput,
     core_centre,
 )
@@ -65,53 +61,33 @@ from constellation.results.schema import (
 )
 from constellation.results.store import DEFAULT_PARTITION_ORDER, is_done, write_result
 from constellation.sky import healpix
+from constellation.stages.base import (
+    UNCONVERGED,
+    Classified,
+    OutcomeStatus,
+    OutcomeSummary,
+    SubTileFailedError,
+    classify,
+    error_text,
+)
 
 __all__ = [
+    "UNCONVERGED",
     "Classified",
     "InferOutcome",
+    "InferStage",
+    "OutcomeStatus",
     "OutcomeSummary",
     "SubTileFailedError",
+    "already_done",
     "classify",
     "infer_subtile",
+    "plan",
     "subtile_dir_of",
+    "tiles_without_manifests",
 ]
 
 log = logging.getLogger(__name__)
-
-
-OutcomeStatus = Literal["ok", "skipped", "failed", "unavailable", "done"]
-
-#: ``OSError`` subclasses that a retry cannot fix: the input is not there or not allowed.
-_PERMANENT_OS_ERRORS: tuple[type[OSError], ...] = (
-    FileNotFoundError,
-    IsADirectoryError,
-    NotADirectoryError,
-    PermissionError,
-)
-
-
-@dataclass(frozen=True)
-class Classified:
-    """What an exception means for a sub-tile (see the module docstring)."""
-
-    status: Literal["skipped", "failed", "unavailable"]
-    cause: str
-    retryable: bool = False
-
-
-def classify(exc: BaseException) -> Classified:
-    """Classify an exception raised while inferring a sub-tile, by its type only."""
-    if isinstance(exc, NothingToFitError):
-        return Classified("skipped", exc.reason)
-    if isinstance(exc, BackendUnavailableError):
-        return Classified("unavailable", type(exc).__name__)
-    if isinstance(exc, SubTileFailedError):
-        return Classified("failed", exc.cause, exc.retryable)
-    if isinstance(exc, SubTileDataError):
-        return Classified("failed", type(exc).__name__)
-    if isinstance(exc, OSError) and not isinstance(exc, _PERMANENT_OS_ERRORS):
-        return Classified("failed", type(exc).__name__, retryable=True)
-    return Classified("failed", type(exc).__name__)
 
 
 @dataclass(frozen=True)
@@ -139,104 +115,6 @@ class InferOutcome:
     def label(self) -> str:
         """``tile T rR_cC``."""
         return f"tile {self.tile_id} r{self.row}_c{self.col}"
-
-
-class SubTileFailedError(RuntimeError):
-    """A sub-tile's result was written as ``failed`` (raised by callers that need an
-    exception, e.g. so that Prefect marks the task failed and retries it only when
-    ``retryable``). Carries the outcome's cause; safe to pickle."""
-
-    def __init__(self, label: str, error: str, cause: str, retryable: bool) -> None:
-        super().__init__(f"{label}: {error}")
-        self.label = label
-        self.error = error
-        self.cause = cause
-        self.retryable = retryable
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.label, self.error, self.cause, self.retryable))
-
-    @classmethod
-    def from_outcome(cls, outcome: InferOutcome) -> SubTileFailedError:
-        return cls(outcome.label, outcome.error or "", outcome.cause or "", outcome.retryable)
-
-
-#: The cause an ``ok`` outcome carries when its fit did not converge within its budget.
-UNCONVERGED = "not converged within the step budget"
-
-
-@dataclass
-class OutcomeSummary:
-    """Counts by status, and failures and skips grouped by cause with one example each."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-    #: (status, cause) -> number of sub-tiles
-    by_cause: Counter[tuple[str, str]] = field(default_factory=Counter)
-    #: (status, cause) -> one example: "tile T rR_cC: message"
-    examples: dict[tuple[str, str], str] = field(default_factory=dict)
-
-    def add(self, status: str, cause: str | None = None, example: str | None = None) -> None:
-        self.counts[status] += 1
-        if cause is not None:
-            key = (status, cause)
-            self.by_cause[key] += 1
-            if example is not None:
-                self.examples.setdefault(key, example)
-
-    def add_outcome(self, outcome: InferOutcome) -> None:
-        if outcome.status == "ok" and outcome.converged is False:
-            self.add("ok", UNCONVERGED, f"{outcome.label}: stopped after {outcome.n_steps} steps")
-        else:
-            self.add(outcome.status, outcome.cause, f"{outcome.label}: {outcome.error}")
-
-    def merge(self, other: OutcomeSummary) -> None:
-        self.counts.update(other.counts)
-        self.by_cause.update(other.by_cause)
-        for key, text in other.examples.items():
-            self.examples.setdefault(key, text)
-
-    @property
-    def n_failed(self) -> int:
-        return self.counts.get("failed", 0)
-
-    @property
-    def n_unconverged(self) -> int:
-        return self.by_cause.get(("ok", UNCONVERGED), 0)
-
-    def lines(
-        self, statuses: Iterable[str] = ("failed", "unavailable", "skipped", "ok")
-    ) -> list[str]:
-        """One line per (status, cause), most frequent first: count, cause, example."""
-        wanted = tuple(statuses)
-        keys = sorted(
-            (k for k in self.by_cause if k[0] in wanted),
-            key=lambda k: (wanted.index(k[0]), -self.by_cause[k], k[1]),
-        )
-        return [
-            f"{status} {self.by_cause[(status, cause)]}: {cause} "
-            f"(e.g. {self.examples.get((status, cause), '?')})"
-            for status, cause in keys
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (flow results)."""
-        return {
-            "counts": dict(self.counts),
-            "causes": [
-                {"status": s, "cause": c, "count": n, "example": self.examples.get((s, c))}
-                for (s, c), n in self.by_cause.most_common()
-            ],
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OutcomeSummary:
-        out = cls(counts=Counter(data.get("counts", {})))
-        for row in data.get("causes", []):
-            key = (str(row["status"]), str(row["cause"]))
-            out.by_cause[key] += int(row["count"])
-            if row.get("example"):
-                out.examples.setdefault(key, str(row["example"]))
-        return out
 
 
 def _read_manifest(
@@ -391,21 +269,16 @@ def _subtile_row(
     return row
 
 
-def _error_text(exc: BaseException, limit: int = 2000) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def infer_subtile(
     manifest_url: str,
     storage: Storage,
     backend: InferenceBackend,
     *,
     run_id: str,
+    config_hash: str,
     healpix_order: int,
     partition_order: int = DEFAULT_PARTITION_ORDER,
     skip_done: bool = True,
-    config_hash: str | None = None,
     expected_preparation_hash: str | None = None,
 ) -> InferOutcome:
     """Infer one sub-tile and write its result next to the manifest.
@@ -413,7 +286,7 @@ def infer_subtile(
     Parameters
     ----------
     manifest_url
-        The sub-tile's ``manifest.yaml``.
+        The sub-tile's manifest.
     storage, backend
         Where to read and write; the backend to run (built once per process).
     run_id
@@ -429,7 +302,7 @@ def infer_subtile(
         sub-tiles are run again.
     config_hash
         The run's science configuration hash (``Settings.config_hash``), recorded in
-        every row; None: the manifest's preparation hash (tools without settings).
+        every row and compared by the done check.
     expected_preparation_hash
         When given, a manifest prepared under another configuration is an error
         (re-run ``prepare``) rather than silently mixing configurations.
@@ -451,7 +324,7 @@ def infer_subtile(
     t0 = time.perf_counter()
     manifest, manifest_sha = _read_manifest(manifest_url, storage, expected_preparation_hash)
     ident = manifest.identity
-    chash = config_hash if config_hash is not None else ident.preparation_hash
+    chash = config_hash
     folder = subtile_dir_of(manifest_url)
     if skip_done and is_done(storage, folder, chash, backend.name, manifest_sha):
         return InferOutcome(ident.tile_id, ident.row, ident.col, "done", 0.0)
@@ -469,8 +342,8 @@ def infer_subtile(
         rows = _source_rows(core, out.sources, manifest, run_id, chash)
     except Exception as exc:  # classified by type: skipped, failed or unavailable
         verdict = classify(exc)
-        error = _error_text(exc)
-        label = f"tile {ident.tile_id} r{ident.row}_c{ident.col}"
+        error = error_text(exc)
+        label = str(layout.SubTileId(ident.tile_id, ident.row, ident.col))
         if verdict.status == "unavailable":
             # nothing happened to the sub-tile: no result, the caller stops the run
             return InferOutcome(
@@ -514,3 +387,85 @@ def infer_subtile(
         converged=None if out is None else out.converged,
         n_steps=None if out is None else out.n_steps,
     )
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def plan(storage: Storage, work_uri: str, tiles: Iterable[int | str] | None = None) -> list[str]:
+    """The manifests of the prepared sub-tiles of ``tiles`` (None: every prepared
+    tile), in tile, row, column order: one listing per tile, nothing read or written.
+
+    Every driver of the infer stage (``constellation infer``, the infer flow) lists
+    its work here; :func:`tiles_without_manifests` tells which tiles had none.
+    """
+    names: list[int | str] = ["*"] if tiles is None else sorted(set(tiles), key=str)
+    urls: list[str] = []
+    for name in names:
+        urls.extend(storage.glob(layout.manifest_pattern(work_uri, name)))
+    return sorted(set(urls), key=_order)
+
+
+def _order(url: str) -> tuple[Any, ...]:
+    try:
+        return (0, layout.SubTileId.from_url(url), url)
+    except ValueError:
+        return (1, url)
+
+
+def tiles_without_manifests(urls: Iterable[str], tiles: Iterable[int]) -> list[int]:
+    """The tiles of ``tiles`` that no manifest of ``urls`` belongs to."""
+    have = set()
+    for url in urls:
+        try:
+            have.add(layout.SubTileId.from_url(url).tile_id)
+        except ValueError:
+            continue
+    return sorted(set(tiles) - have)
+
+
+@dataclass(frozen=True)
+class InferStage:
+    """The infer stage: items are sub-tile manifest URLs, outcomes :class:`InferOutcome`.
+
+    Built once per process (the backend keeps its compiled model); :meth:`run_one` is
+    :func:`infer_subtile` with the run's identity filled in.
+    """
+
+    backend: InferenceBackend
+    run_id: str
+    config_hash: str
+    preparation_hash: str
+    healpix_order: int
+    partition_order: int = DEFAULT_PARTITION_ORDER
+    skip_done: bool = True
+    name: str = "infer"
+
+    @classmethod
+    def from_settings(
+        cls, settings: Any, backend: InferenceBackend, run_id: str, *, force: bool = False
+    ) -> InferStage:
+        """The stage for ``settings`` (a :class:`~constellation.config.Settings`)."""
+        return cls(
+            backend=backend,
+            run_id=run_id,
+            config_hash=settings.config_hash,
+            preparation_hash=settings.preparation_hash,
+            healpix_order=settings.science.healpix.source_order,
+            partition_order=settings.science.healpix.partition_order,
+            skip_done=not force,
+        )
+
+    def label(self, item: str) -> str:
+        try:
+            return str(layout.SubTileId.from_url(item))
+        except ValueError:
+            return item
+
+    def run_one(self, item: str, storage: Storage) -> InferOutcome:
+        return infer_subtile(
+            item, storage, self.backend, run_id=self.run_id,
+            healpix_order=self.healpix_order, partition_order=self.partition_order,
+            skip_done=self.skip_done, config_hash=self.config_hash,
+            expected_preparation_hash=self.preparation_hash,
+        )  # fmt: skip

@@ -1,13 +1,16 @@
 """The prepare stage: per tile, write each sub-tile's manifest and source table.
 
-``plan()`` is pure (registry geometry only); ``run_one()`` does one tile:
+The stage shape of :mod:`constellation.stages.base`: items :class:`PrepareItem` (one
+tile each), ``plan()`` pure (registry geometry only), ``run_one()`` does one tile and
+returns a :class:`PrepareResult` (status ``ok``, or ``done`` when the tile's done
+markers matched and nothing was read):
 
 1. read the tile's MER catalog and those of its neighbours (tiles whose core
    meets the tile's reach), keeping neighbour sources inside the reach;
 2. read the quadrant exposures near the tile from the quadrant index, apply the
    exposure policy and match them to the sub-tiles' extended boxes;
 3. partition the sources into sub-tiles (core exactly once, extended with margin);
-4. write per sub-tile ``sources.parquet``, ``manifest.yaml`` and ``_DONE.json``
+4. write per sub-tile ``sources.parquet``, ``manifest.json`` and ``_DONE.json``
    (layout in :mod:`constellation.manifest.layout`), rewriting only files
    whose bytes change.
 
@@ -57,6 +60,7 @@ from constellation.sky.neighbours import NeighbourIndex
 from constellation.sky.partition import partition_sources
 from constellation.sky.registry import TileRegistry
 from constellation.sky.tiling import Box, SubTile, SubTileGrid, Tile
+from constellation.stages.base import OutcomeStatus
 
 if TYPE_CHECKING:
     from constellation.io.storage import FileInfo, Storage
@@ -65,12 +69,14 @@ __all__ = [
     "NEIGHBOUR_SLACK_ARCMIN",
     "PrepareItem",
     "PrepareResult",
+    "PrepareStage",
     "PreparedSubTile",
     "TileSpec",
     "plan",
     "prepare_tile",
     "run_one",
     "select_exposures",
+    "summary_line",
     "visible_quadrants",
     "write_subtiles",
 ]
@@ -91,7 +97,8 @@ QUADRANT_COLUMNS = (
     "psf_url", "psf_header_offset", "psf_data_offset", "psf_data_bytes",
 )  # fmt: skip
 
-_DONE_VERSION = 2  # 2: the preparation hash (not the whole science config hash)
+# 2: the preparation hash (not the whole science config hash); 3: manifest.json
+_DONE_VERSION = 3
 
 
 class TileSpec(BaseModel):
@@ -145,6 +152,40 @@ class PrepareResult(BaseModel):
     exposures: int = Field(description="Distinct quadrant exposures listed by any sub-tile.")
     missing_catalog: bool = False
     skipped: bool = Field(default=False, description="Done marker matched: nothing was read.")
+
+    # the stage outcome (constellation.stages.base.Outcome): a tile is ok or done
+    @property
+    def label(self) -> str:
+        return f"tile {self.tile_id}"
+
+    @property
+    def status(self) -> OutcomeStatus:
+        return "done" if self.skipped else "ok"
+
+    @property
+    def cause(self) -> str | None:
+        return None
+
+    @property
+    def error(self) -> str | None:
+        return None
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
+class PrepareStage:
+    """The prepare stage: items :class:`PrepareItem` (one tile), outcomes
+    :class:`PrepareResult`; exceptions are the drivers' (:mod:`constellation.stages.base`)."""
+
+    name = "prepare"
+
+    def label(self, item: PrepareItem) -> str:
+        return f"tile {item.tile.tile_id}"
+
+    def run_one(self, item: PrepareItem, storage: Storage) -> PrepareResult:
+        return run_one(item, storage)
 
 
 @dataclass(frozen=True)
@@ -593,7 +634,11 @@ def write_subtiles(
             layout.SOURCES_NAME: layout.sources_url(work_uri, tile_id, p.row, p.col),
             layout.MANIFEST_NAME: layout.manifest_url(work_uri, tile_id, p.row, p.col),
         }
-        n = sum(_write_if_changed(storage, urls[k], v) for k, v in outputs.items())
+        wrote = {k: _write_if_changed(storage, urls[k], v) for k, v in outputs.items()}
+        n = sum(wrote.values())
+        if wrote[layout.MANIFEST_NAME]:  # one manifest per sub-tile: drop a version-2 one
+            stale = layout.subtile_dir(work_uri, tile_id, p.row, p.col)
+            storage.rm(layout.join(stale, layout.MANIFEST_NAME_V2), missing_ok=True)
         n += _write_if_changed(storage, layout.done_url(work_uri, tile_id, p.row, p.col), done)
         files += n
         written += n > 0
@@ -624,7 +669,7 @@ def _all_done(storage: Storage, item: PrepareItem, grid: SubTileGrid, fingerprin
                 doc = json.loads(storage.read_bytes(url))
             except (OSError, ValueError):
                 return False
-            if doc.get("inputs_fingerprint") != fingerprint:
+            if doc.get("version") != _DONE_VERSION or doc.get("inputs_fingerprint") != fingerprint:
                 return False
             folder = layout.subtile_dir(item.work_uri, tid, row, col)
             for name in (layout.SOURCES_NAME, layout.MANIFEST_NAME):
@@ -711,6 +756,19 @@ def run_one(item: PrepareItem, storage: Storage) -> PrepareResult:
         extended_sources=sum(p.manifest.sources.n_extended for p in prepared),
         exposures=len(exposures), missing_catalog=own_info is None,
     )  # fmt: skip
+
+
+def summary_line(results: Sequence[PrepareResult]) -> str:
+    """The one-line account of a prepare run (the CLI's and the flow's)."""
+    prepared = [r for r in results if not r.skipped]
+    return (
+        f"prepared {len(results)} tiles ({sum(r.subtiles for r in results)} sub-tiles): "
+        f"{sum(r.written for r in results)} manifests written, "
+        f"{sum(r.unchanged for r in results)} unchanged "
+        f"({len(results) - len(prepared)} tiles already done); "
+        f"{sum(r.sources for r in prepared)} sources, "
+        f"{sum(r.exposures for r in prepared)} quadrant exposures"
+    )
 
 
 def _empty_catalog() -> pa.Table:

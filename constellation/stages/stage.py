@@ -2,7 +2,7 @@
 
 :func:`stage_subtile` reads a prepared sub-tile manifest and writes::
 
-    {dest}/manifest.yaml                 the manifest, every URI relative to {dest}
+    {dest}/manifest.json                 the manifest, every URI relative to {dest}
     {dest}/sources.parquet               a copy of the sub-tile source table
     {dest}/exposures/{exposure}.fits     one consolidated FITS file per exposure
 
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from astropy.io import fits
 
+from constellation.io.fits import BLOCK_BYTES, pad_bytes, rename_extension
 from constellation.io.storage import local_path
 from constellation.manifest import layout
 from constellation.manifest.subtile import (
@@ -69,8 +70,6 @@ __all__ = [
     "staged_exposure_name",
 ]
 
-BLOCK = 2880
-CARD = 80
 EXPOSURES_DIR = "exposures"
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -121,45 +120,6 @@ def staged_exposure_name(exposure: str) -> str:
     return f"{EXPOSURES_DIR}/{exposure}.fits"
 
 
-def _card(keyword: str, value: str) -> bytes:
-    text = f"{keyword:<8}= '{value.replace(chr(39), chr(39) * 2):<8}'"
-    if len(text) > CARD:
-        raise ValueError(f"{keyword} value too long for one card: {value!r}")
-    return text.ljust(CARD).encode("ascii")
-
-
-def rename_extension(header: bytes, name: str) -> bytes:
-    """``header`` (whole 2880-byte blocks) with its ``EXTNAME`` set to ``name``, same length.
-
-    The existing ``EXTNAME`` card is replaced; without one, the new card takes the
-    place of ``END``, which moves one card later (into the blank padding).
-    """
-    if len(header) % BLOCK:
-        raise ValueError(f"header length {len(header)} is not a multiple of {BLOCK}")
-    new = _card("EXTNAME", name)
-    out = bytearray(header)
-    end = None
-    for pos in range(0, len(header), CARD):
-        key = header[pos : pos + 8]
-        if key == b"EXTNAME ":
-            out[pos : pos + CARD] = new
-            return bytes(out)
-        if key == b"END     ":
-            end = pos
-            break
-    if end is None:
-        raise ValueError("header has no END card")
-    if end + 2 * CARD > len(header) or header[end + CARD : end + 2 * CARD].strip():
-        raise ValueError("no room for an EXTNAME card in the header")
-    out[end : end + CARD] = new
-    out[end + CARD : end + 2 * CARD] = b"END".ljust(CARD)
-    return bytes(out)
-
-
-def _pad(n: int) -> int:
-    return -n % BLOCK
-
-
 def _primary(first: QuadrantExposure) -> bytes:
     h = fits.Header()
     h["SIMPLE"] = True
@@ -202,8 +162,8 @@ class _Fetcher:
         self.needed += need
         if len(header) + len(data) != need:
             raise ValueError(f"{url}: extension {ext.name} is truncated")
-        if len(header) % BLOCK:
-            raise ValueError(f"{url}: header of {ext.name} is not whole {BLOCK}-byte blocks")
+        if len(header) % BLOCK_BYTES:
+            raise ValueError(f"{url}: header of {ext.name} is not whole {BLOCK_BYTES}-byte blocks")
         if not header.startswith(b"XTENSION="):
             raise ValueError(f"{url}: no extension header at byte {ext.header_offset}")
         self.fetched += 1
@@ -224,8 +184,8 @@ def _consolidate(
         ext = FitsExtension(
             name=name, header_offset=pos, data_offset=pos + len(header), data_bytes=len(data)
         )
-        chunks.extend([header, data, b"\0" * _pad(len(data))])
-        pos += len(header) + len(data) + _pad(len(data))
+        chunks.extend([header, data, b"\0" * pad_bytes(len(data))])
+        pos += len(header) + len(data) + pad_bytes(len(data))
         return ext
 
     out = []
@@ -311,7 +271,7 @@ def stage_subtile(
     Raises
     ------
     ManifestError
-        The manifest cannot be read (bad YAML, unknown ``manifest_version``, schema).
+        The manifest cannot be read (bad JSON, unknown ``manifest_version``, schema).
     StagingError
         A path in the manifest would escape ``dest_dir`` (nothing is read or written).
     """

@@ -137,6 +137,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> tuple[ShearCatalog, pa.Tabl
     return catalog, data
 
 
+@pytest.mark.slow  # ~60 s on 2 cores; the other compaction tests stay in the fast loop
 def test_compaction_of_10000_subtiles(big: tuple[ShearCatalog, pa.Table]) -> None:
     catalog, expected = big
     small_files = catalog.data_files(SOURCES)

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from constellation.io.fits_extensions import read_extension_headers
-from constellation.io.fits_headers import FitsHeaderError
+from constellation.io.fits import FitsHeaderError, read_extension_headers
 from constellation.io.storage import Storage
 
 

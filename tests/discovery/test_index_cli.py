@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from constellation.cli import app
@@ -13,6 +14,7 @@ from constellation.io.storage import Storage
 from constellation.simulate.run import FieldSummary
 
 
+@pytest.mark.slow  # ~10 s on 2 cores; the index command's bad-input tests stay fast
 def test_index_command(light_field: tuple[Path, FieldSummary], tmp_path: Path) -> None:
     root, summary = light_field
     vis = tmp_path / "VIS"

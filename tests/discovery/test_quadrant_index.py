@@ -11,7 +11,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from constellation.io.fits_extensions import read_extension_headers
+from constellation.io.fits import read_extension_headers
 from constellation.io.observations import list_observations
 from constellation.io.quadrant_index import (
     build_quadrant_index,
@@ -25,20 +25,16 @@ from constellation.manifest.quadrant_index import (
 )
 from constellation.simulate import FieldSpec
 from constellation.simulate.run import FieldSummary, simulate_field
+from tests.fixtures.fields import LIGHT_1X1, FieldFactory
 
 
 @pytest.fixture(scope="module")
-def light_index(
-    light_field: tuple[Path, FieldSummary], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[pa.Table, object]:
-    root, _ = light_field
-    out = str(tmp_path_factory.mktemp("index") / "quadrant_index.parquet")
-    calls: list[tuple[int, int]] = []
-    summary = build_quadrant_index(
-        Storage(), str(root / "q1" / "VIS"), out, progress=lambda d, t: calls.append((d, t))
-    )
-    assert calls[-1] == (summary.exposures, summary.exposures)
-    return read_quadrant_index(Storage(), out), summary
+def light_index(fields: FieldFactory) -> tuple[pa.Table, object]:
+    """The light field's quadrant index, as the session's field factory built it."""
+    indexed = fields.indexed(LIGHT_1X1)
+    summary = indexed.summary
+    assert indexed.progress[-1] == (summary.exposures, summary.exposures)
+    return read_quadrant_index(Storage(), str(indexed.index)), summary
 
 
 def test_rows_and_schema(
@@ -107,6 +103,7 @@ def _check_offsets(table: pa.Table, n: int = 12) -> None:
             np.testing.assert_array_equal(got, data)
 
 
+@pytest.mark.slow  # ~18 s on 2 cores
 def test_byte_offsets(light_index: tuple[pa.Table, object]) -> None:
     _check_offsets(light_index[0])
 
@@ -145,6 +142,7 @@ def test_footprint_contains_quadrant(light_index: tuple[pa.Table, object]) -> No
         assert (cra[0], cdec[0]) == pytest.approx((ra0, dec0))
 
 
+@pytest.mark.slow  # ~17 s on 2 cores
 def test_incremental(light_field: tuple[Path, FieldSummary], tmp_path: Path) -> None:
     root, summary = light_field
     vis = tmp_path / "VIS"

@@ -135,7 +135,7 @@ def test_skipped_subtiles_are_committed_and_validated(outcome: Outcome) -> None:
         (TimeoutError("read timed out"), True),
         (SubTileFailedError("tile 1 r0_c0", "StorageError: 503", "StorageError", True), True),
         (SubTileFailedError("tile 1 r0_c0", "KeyError: 'in_core'", "KeyError", False), False),
-        (FileNotFoundError("manifest.yaml"), False),
+        (FileNotFoundError("manifest.json"), False),
         (BackendUnavailableError("no SHINE"), False),
         (ValueError("manifest prepared under another configuration"), False),
     ],

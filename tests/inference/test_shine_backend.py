@@ -349,8 +349,22 @@ def test_remove_pixel_recovers_the_optical_psf_samples(sigma: float, atol: float
 # --------------------------------------------------------------------------- outputs
 
 
-def test_split_rhat() -> None:
+def _split_rhat_by_definition(a: np.ndarray) -> float:
+    """Split-R-hat written out: each chain cut into its first and last halves, then
+    sqrt(((n - 1) / n * W + B / n) / W) over the 2 * chains half-chains of n draws."""
+    n = a.shape[1] // 2
+    halves = [c[:n] for c in a] + [c[-n:] for c in a]
+    w = np.mean([np.var(h, ddof=1) for h in halves])
+    b = n * np.var([np.mean(h) for h in halves], ddof=1)
+    return float(np.sqrt(((n - 1) / n * w + b / n) / w))
+
+
+@pytest.mark.shine
+def test_split_rhat(shine_euclid: object) -> None:
     rng = np.random.default_rng(1)
+    for shape in [(2, 1000), (4, 301), (1, 50), (3, 4)]:
+        draws = rng.normal(size=shape) + rng.normal(size=(shape[0], 1))
+        assert split_rhat(draws) == pytest.approx(_split_rhat_by_definition(draws), rel=1e-12)
     good = rng.normal(size=(2, 2000))
     assert split_rhat(good) == pytest.approx(1.0, abs=0.01)
     bad = good + np.array([[0.0], [3.0]])
@@ -546,7 +560,7 @@ def test_sparse_and_dense_models_agree_and_reuse_their_compiled_pieces(
     from constellation.inference.shine.model import MapSettings
 
     backend = ShineBackend(ScienceConfig())
-    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.json")
     data = _tiny_subtile()
     # a canvas per window (packed canvases: the next test)
     fixed = MapSettings(learning_rate=0.01, max_steps=4, fixed_steps=True, canvas_side=0)
@@ -591,7 +605,7 @@ def test_windows_packed_on_canvases_give_the_same_fit(shine_euclid: object) -> N
     from constellation.inference.shine.model import MapSettings
 
     backend = ShineBackend(ScienceConfig())
-    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.json")
     data = _tiny_subtile()
     own = backend.sparse.fit(cfg, data, MapSettings(max_steps=4, fixed_steps=True, canvas_side=0))
     packed = backend.sparse.fit(
@@ -610,7 +624,7 @@ def test_the_sparse_fit_stops_at_convergence_or_says_it_did_not(shine_euclid: ob
     from constellation.inference.shine.model import MapSettings
 
     backend = ShineBackend(ScienceConfig())
-    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.json")
     data = _tiny_subtile()
     loose = MapSettings(max_steps=50, tolerance=1.0, window=3, check_every=2)
     fit = backend.sparse.fit(cfg, data, loose)
@@ -630,7 +644,7 @@ def test_lbfgs_converges_below_adams_loss_and_adam_leaving_the_domain_is_typed(
     from constellation.inference.shine.model import MapSettings
 
     backend = ShineBackend(ScienceConfig())
-    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.yaml")
+    cfg = backend._config(_tiny_manifest(), "memory://x/manifest.json")
     data = _tiny_subtile()
     lbfgs = backend.sparse.fit(
         cfg, data, MapSettings(max_steps=150, optimizer="lbfgs", window=5, check_every=1)

@@ -101,3 +101,27 @@ def test_a_subtile_without_rendered_pixels_has_nothing_to_fit(
         _load(pixels_field, row, col, psf)
     assert info.value.reason == "no valid pixels"
     assert psf.calls == 0  # no crop had a usable noise value: no PSF needed
+
+
+def _clipped_median_by_definition(values: np.ndarray, sigma: float, iters: int) -> float:
+    """Up to ``iters`` rounds: drop what lies more than ``sigma`` standard deviations
+    (population) from the median; stop when a round drops nothing."""
+    v = np.asarray(values, dtype=np.float64)
+    for _ in range(iters):
+        keep = np.abs(v - np.median(v)) <= sigma * v.std()
+        if keep.all():
+            break
+        v = v[keep]
+    return float(np.median(v))
+
+
+def test_the_background_is_a_sigma_clipped_median() -> None:
+    from constellation.inference.shine.loading import _sigma_clipped_median
+
+    rng = np.random.default_rng(4)
+    sky = (100.0 + rng.normal(0.0, 5.0, 20_000)).astype(np.float32)
+    sky[rng.integers(0, sky.size, 2_000)] += rng.lognormal(5.0, 1.0, 2_000).astype(np.float32)
+    clipped = _sigma_clipped_median(sky)
+    assert clipped == pytest.approx(_clipped_median_by_definition(sky, 3.0, 5), abs=1e-4)
+    assert abs(clipped - 100.0) < abs(float(np.median(sky)) - 100.0)  # the sources are clipped
+    assert _sigma_clipped_median(np.array([], dtype=np.float32)) == 0.0

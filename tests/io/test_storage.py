@@ -117,6 +117,30 @@ def test_listing_returns_urls_of_the_same_scheme(backend: tuple[Storage, str]) -
     assert storage.read_bytes(globbed[0]) == b"x"
     assert storage.exists(storage.join(base, "d/e"))
     assert storage.info(storage.join(base, "d/e")).type == "directory"
+    # hidden names, folders and several levels: the same answer on every store
+    for name in ("g/.h/x.fits", "g/i/x.fits", "g/i/.x.fits", "g/j/k/x.fits"):
+        storage.write_bytes(storage.join(base, name), b"x")
+    g = storage.join(base, "g")
+    tails = [u[len(g) + 1 :] for u in storage.glob(storage.join(g, "*", "*.fits"))]
+    assert tails == [".h/x.fits", "i/.x.fits", "i/x.fits"]
+    assert [u[len(g) + 1 :] for u in storage.glob(storage.join(g, "?"))] == ["i", "j"]
+    deep = [u[len(g) + 1 :] for u in storage.glob(storage.join(g, "**", "x.fits"))]
+    assert "j/k/x.fits" in deep
+
+
+def test_read_bytes_and_inode(backend: tuple[Storage, str]) -> None:
+    storage, base = backend
+    url = storage.join(base, "r/data.bin")
+    storage.write_bytes(url, PAYLOAD)
+    data, inode = storage.read_bytes_and_inode(url)
+    assert data == PAYLOAD
+    local = local_path(url)
+    if local is None:
+        assert inode is None
+    else:
+        stat = os.stat(local)
+        assert inode == (stat.st_dev, stat.st_ino)
+    assert storage.stats.bytes_read == len(PAYLOAD)
 
 
 def test_read_range_reads_exactly_the_requested_bytes(backend: tuple[Storage, str]) -> None:

@@ -29,8 +29,8 @@ def test_every_subtile_path_maps_back_to_its_identity(work: str) -> None:
     "url",
     [
         "/w/tiles/1/subtiles/r1_c1/deeper/file",  # not directly in the folder
-        "/w/tiles/x/subtiles/r1_c1/manifest.yaml",
-        "/w/tiles/1/r1_c1/manifest.yaml",
+        "/w/tiles/x/subtiles/r1_c1/manifest.json",
+        "/w/tiles/1/r1_c1/manifest.json",
         "/w/tiles/1/subtiles/rx_c1",
         "",
     ],

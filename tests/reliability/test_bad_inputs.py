@@ -8,6 +8,7 @@ The cases and what the user sees are listed in ``docs/reliability_inputs.md``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 from collections.abc import Callable
@@ -423,32 +424,28 @@ def manifest(field: Field, prepared: Path, tmp_path: Path) -> tuple[Path, Path]:
     return Path(layout.manifest_url(str(tmp_path / "work"), field.tiles[2], 0, 0)), config
 
 
-_EXPOSURE = """\
-exposures:
-  - bkg: null
-    det:
-      flg: {{data_bytes: 2880, data_offset: 2880, header_offset: 0, name: "3-4.F.FLG"}}
-      rms: {{data_bytes: 2880, data_offset: 2880, header_offset: 0, name: "3-4.F.RMS"}}
-      sci: {{data_bytes: 2880, data_offset: 2880, header_offset: 0, name: "3-4.F.SCI"}}
-      uri: "{det}"
-    dither: 0
-    expnum: 1
-    exposure: "{key}"
-    exptime: 560.0
-    gain: 3.5
-    magzerop: 24.6
-    naxis1: 32
-    naxis2: 32
-    obs_id: 2681
-    psf: null
-    quadrant: "3-4.F"
-"""
+def _exposure(key: str, det: str) -> dict[str, object]:
+    ext = {"data_bytes": 2880, "data_offset": 2880, "header_offset": 0}
+    return {
+        "bkg": None, "psf": None, "dither": 0, "expnum": 1, "exposure": key, "exptime": 560.0,
+        "gain": 3.5, "magzerop": 24.6, "naxis1": 32, "naxis2": 32, "obs_id": 2681,
+        "quadrant": "3-4.F",
+        "det": {"uri": det, **{k: {**ext, "name": f"3-4.F.{k.upper()}"}
+                               for k in ("sci", "rms", "flg")}},
+    }  # fmt: skip
 
 
 def _with_exposure(text: str, key: str, det: str = "/data/EUC_VIS_SWL-DET.fits") -> str:
     """Manifest text with its exposure list replaced by one entry."""
-    return re.sub(r"^exposures:.*?(?=^\S)", _EXPOSURE.format(key=key, det=det), text,
-                  count=1, flags=re.M | re.S)  # fmt: skip
+    doc = json.loads(text)
+    doc["exposures"] = [_exposure(key, det)]
+    return json.dumps(doc, indent=1)
+
+
+def _with_sources_uri(text: str, uri: str) -> str:
+    doc = json.loads(text)
+    doc["sources"]["uri"] = uri
+    return json.dumps(doc, indent=1)
 
 
 @pytest.mark.parametrize(
@@ -457,9 +454,9 @@ def _with_exposure(text: str, key: str, det: str = "/data/EUC_VIS_SWL-DET.fits")
         (lambda t: _with_exposure(t, "../../../../outside"), "exposure key '../../../../outside' "
          "is not a plain file name"),
         (lambda t: _with_exposure(t, "/tmp/abs"), "exposure key '/tmp/abs' is not a plain"),
-        (lambda t: t.replace('uri: "sources.parquet"', 'uri: "../../../../../etc/passwd"'),
+        (lambda t: _with_sources_uri(t, "../../../../../etc/passwd"),
          "sources.uri '../../../../../etc/passwd' is not a plain relative name"),
-        (lambda t: t.replace('uri: "sources.parquet"', 'uri: "/etc/passwd"'),
+        (lambda t: _with_sources_uri(t, "/etc/passwd"),
          "sources.uri '/etc/passwd' is not a plain relative name"),
         (lambda t: _with_exposure(t, "002681-00-1", det="../../../../etc/passwd"),
          "relative URI '../../../../etc/passwd' leaves the manifest's folder"),
@@ -484,18 +481,18 @@ def test_manifest_paths_escaping_the_staging_root_are_refused(
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [
-        (lambda t: t.replace("manifest_version: 2", "manifest_version: 99"),
-         "unsupported manifest_version 99 (expected 2)"),
-        (lambda t: t.replace("manifest_version: 2", "manifest_version: 1"),
-         "unsupported manifest_version 1 (expected 2); it was written by an older "
+        (lambda t: t.replace('"manifest_version": 3', '"manifest_version": 99'),
+         "unsupported manifest_version 99 (expected 3)"),
+        (lambda t: t.replace('"manifest_version": 3', '"manifest_version": 1'),
+         "unsupported manifest_version 1 (expected 3); it was written by an older "
          "constellation: run 'constellation prepare' again"),
-        (lambda t: t.replace("manifest_version: 2\n", ""),
-         "unsupported manifest_version None (expected 2)"),
-        (lambda t: re.sub(r"n_core: \d+", "n_core: -5", t),
+        (lambda t: t.replace(' "manifest_version": 3,\n', ""),
+         "unsupported manifest_version None (expected 3)"),
+        (lambda t: re.sub(r'"n_core": \d+', '"n_core": -5', t),
          "invalid manifest: sources.n_core: Input should be greater than or equal to 0"),
-        (lambda t: t[: len(t) // 2] + "\n  - [unclosed\n", "not valid YAML"),
+        (lambda t: t[: len(t) // 2] + "\n  - [unclosed\n", "not valid JSON"),
     ],
-    ids=["unknown-version", "older-version", "no-version", "schema", "broken-yaml"],
+    ids=["unknown-version", "older-version", "no-version", "schema", "broken-json"],
 )  # fmt: skip
 @pytest.mark.parametrize("command", ["infer", "stage", "plan"])
 def test_unusable_manifest_is_reported_and_nothing_is_written(

@@ -92,7 +92,7 @@ def _discover_prepare_stage(settings: Settings, storage: Storage) -> dict[str, b
     for item in plan(settings, registry):
         prepare_tile_task.fn(payload, item.model_dump_json())
     # stage the first sub-tile that the exposure covers
-    manifests = sorted(work.glob("tiles/*/subtiles/*/manifest.yaml"))
+    manifests = sorted(work.glob("tiles/*/subtiles/*/manifest.json"))
     covered = next(m for m in manifests if parse_manifest(m.read_bytes()).exposures)
     stage_subtile(str(covered), str(work / "staged"), storage)
     return {

@@ -25,8 +25,10 @@ from constellation.results.store import (
     decode_result,
     encode_result,
     is_done,
+    read_footer,
     read_marker,
     read_result,
+    subtile_record,
     write_result,
 )
 
@@ -176,3 +178,12 @@ def test_marker_version_is_checked() -> None:
     assert ResultMarker.from_bytes(m.to_bytes()) == m
     with pytest.raises(ValueError, match="version"):
         ResultMarker.from_bytes(b'{"version": 99}')
+
+
+def test_read_footer_gives_the_rows_and_the_subtile_row() -> None:
+    data = encode_result(_row(), _sources(3))
+    footer = read_footer(data)
+    assert footer.num_rows == 3
+    assert footer.equals(pq.read_metadata(pa.BufferReader(data)))
+    row = subtile_record(footer.metadata)  # the sub-tile row, from the footer alone
+    assert (row["tile_id"], row["run_id"], row["n_steps"]) == (102018211, "run-1", 93)

@@ -172,6 +172,7 @@ def test_object_id_formula() -> None:
     assert ids[1] > 2**53  # beyond float64's exact integers: never routed through float
 
 
+@pytest.mark.slow  # simulates the light field again: ~9 s on 2 cores
 def test_same_seed_same_bytes(light_field: tuple[Path, FieldSummary], tmp_path: Path) -> None:
     from constellation.io.storage import Storage
     from constellation.simulate.run import simulate_field

@@ -33,6 +33,8 @@ def test_sparse_mode_has_true_geometry_and_costs_little_disk(tmp_path: Path) -> 
         assert not np.any(h.section[:10, :10])  # holes read back as zeros
 
 
+@pytest.mark.slow  # ~20 s on 2 cores; pixels mode stays in the fast loop through the
+# pixels field of tests/inference/test_shine_loading.py
 def test_pixels_mode_draws_galaxies_in_chosen_quadrants(tmp_path: Path) -> None:
     spec = FieldSpec(mode="pixels", pixel_quadrants=("3-4.F",), **SMALL)
     summary = simulate_field(spec, Storage(), str(tmp_path))
@@ -93,6 +95,7 @@ def test_spec_validation() -> None:
         FieldSpec(dec_deg=89.5, n_tiles_ra=2)
 
 
+@pytest.mark.slow  # two simulations: ~17 s on 2 cores
 def test_cli(tmp_path: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(

@@ -34,6 +34,7 @@ def _interesting_rows(registry: TileRegistry) -> list[int]:
     return picks
 
 
+@pytest.mark.slow  # ~17 s on 2 cores; test_against_sampled_cores stays in the fast loop
 def test_brute_force_on_interesting_tiles(
     allsky_registry: TileRegistry, index: NeighbourIndex
 ) -> None:
@@ -44,6 +45,7 @@ def test_brute_force_on_interesting_tiles(
         assert got.size >= 3
 
 
+@pytest.mark.slow  # ~23 s on 2 cores
 @settings(max_examples=25, deadline=None)
 @given(frac=st.floats(0.0, 1.0, exclude_max=True), margin=st.sampled_from([0.0, 1.0, 4.0]))
 def test_brute_force_on_random_tiles(

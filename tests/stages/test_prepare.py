@@ -1,4 +1,4 @@
-"""The prepare stage on a simulated 2x2-tile field (simulated and indexed once per module)."""
+"""The prepare stage on the session's simulated and indexed 2x2-tile field (``LIGHT_2X2``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from constellation.config import (
     ExposurePolicy,
@@ -26,6 +27,7 @@ from constellation.manifest import layout
 from constellation.manifest.subtile import SubTileManifest, load_manifest
 from constellation.sky.registry import TileRegistry
 from constellation.stages.prepare import PrepareResult, plan, run_one
+from tests.fixtures.fields import LIGHT_1X1, LIGHT_2X2, FieldFactory
 
 
 @dataclass(frozen=True)
@@ -36,23 +38,9 @@ class Field:
 
 
 @pytest.fixture(scope="module")
-def field(tmp_path_factory: pytest.TempPathFactory) -> Field:
-    from constellation.io.quadrant_index import build_quadrant_index
-    from constellation.io.registry import resolve_registry
-    from constellation.simulate import FieldSpec
-    from constellation.simulate.run import simulate_field
-
-    root = tmp_path_factory.mktemp("prepfield")
-    spec = FieldSpec(
-        ra_deg=269.7, dec_deg=66.0, n_tiles_ra=2, n_tiles_dec=2,
-        density_per_arcmin2=5.0, light_binning=64, include_short=True, seed=5,
-    )  # fmt: skip
-    storage = Storage()
-    simulate_field(spec, storage, str(root))
-    registry = resolve_registry(storage, f"{root}/q1/MER")
-    index = root / "quadrant_index.parquet"
-    build_quadrant_index(storage, f"{root}/q1/VIS", str(index), workers=16)
-    return Field(root, registry, index)
+def field(fields: FieldFactory) -> Field:
+    indexed = fields.indexed(LIGHT_2X2)
+    return Field(indexed.root, indexed.registry, indexed.index)
 
 
 def _settings(field: Field, work: Path, science: ScienceConfig | None = None) -> Settings:
@@ -62,7 +50,7 @@ def _settings(field: Field, work: Path, science: ScienceConfig | None = None) ->
 
 def _prepare(field: Field, work: Path, science: ScienceConfig | None = None) -> list[PrepareResult]:
     work.mkdir(parents=True, exist_ok=True)
-    target = work / "quadrant_index.parquet"
+    target = Path(layout.quadrant_index_url(str(work)))
     if not target.exists():
         target.write_bytes(field.index.read_bytes())
     settings = _settings(field, work, science)
@@ -71,7 +59,7 @@ def _prepare(field: Field, work: Path, science: ScienceConfig | None = None) -> 
 
 @pytest.fixture(scope="module")
 def work(field: Field, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("work")
+    out = tmp_path_factory.mktemp("work") / "work"
     _prepare(field, out)
     return out
 
@@ -164,12 +152,14 @@ def test_manifests_count_and_pass_through(field: Field, work: Path) -> None:
         assert t.schema.field("object_id").type == pa.int64()
 
 
-def test_short_exposures_included_with_the_policy(field: Field, tmp_path: Path) -> None:
+def test_short_exposures_included_with_the_policy(fields: FieldFactory, tmp_path: Path) -> None:
+    indexed = fields.indexed(LIGHT_1X1)  # LIGHT_2X2 has no short exposures
+    field = Field(indexed.root, indexed.registry, indexed.index)
     science = ScienceConfig(exposures=ExposurePolicy(include_short=True))
     tid = int(field.registry.tile_id[0])
     work = tmp_path / "short"
     work.mkdir()
-    (work / "quadrant_index.parquet").write_bytes(field.index.read_bytes())
+    Path(layout.quadrant_index_url(str(work))).write_bytes(field.index.read_bytes())
     item = next(
         i for i in plan(_settings(field, work, science), field.registry) if i.tile.tile_id == tid
     )
@@ -182,7 +172,7 @@ def test_drop_invisible_keeps_a_subset(field: Field, work: Path, tmp_path: Path)
     tid = int(field.registry.tile_id[0])
     other = tmp_path / "all"
     other.mkdir()
-    (other / "quadrant_index.parquet").write_bytes(field.index.read_bytes())
+    Path(layout.quadrant_index_url(str(other))).write_bytes(field.index.read_bytes())
     item = next(
         i for i in plan(_settings(field, other, science), field.registry) if i.tile.tile_id == tid
     )
@@ -223,6 +213,37 @@ def test_rerun_writes_nothing_and_outputs_are_byte_identical(
     assert not first.skipped
     assert first.written == 1
     assert first.files_written == 1
+
+
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def test_a_work_root_of_version_2_manifests_is_prepared_again(
+    field: Field, work: Path, tmp_path: Path
+) -> None:
+    """A work root prepared before manifests were JSON (version-2 ``manifest.yaml``, done
+    markers of version 2): the rerun writes ``manifest.json`` and deletes the YAML one."""
+    old = tmp_path / "old"
+    old.mkdir()
+    Path(layout.quadrant_index_url(str(old))).write_bytes(field.index.read_bytes())
+    tid = int(field.registry.tile_id[0])
+    item = next(i for i in plan(_settings(field, old), field.registry) if i.tile.tile_id == tid)
+    run_one(item, Storage())
+    for sub in (old / "tiles" / str(tid) / "subtiles").iterdir():
+        doc = json.loads((sub / layout.MANIFEST_NAME).read_bytes())
+        (sub / layout.MANIFEST_NAME).unlink()
+        v2 = yaml.dump({**doc, "manifest_version": 2}, Dumper=_YAML_DUMPER)  # C: 0.5 s -> ms
+        (sub / layout.MANIFEST_NAME_V2).write_text(v2)
+        done = json.loads((sub / layout.DONE_NAME).read_bytes())
+        (sub / layout.DONE_NAME).write_text(json.dumps({**done, "version": 2}))
+    again = run_one(item, Storage())
+    assert not again.skipped
+    assert again.written == 16
+    assert not list(old.rglob(layout.MANIFEST_NAME_V2))
+    for path in (work / "tiles" / str(tid)).rglob("*"):
+        if path.name != layout.DONE_NAME and path.is_file():
+            assert (old / path.relative_to(work)).read_bytes() == path.read_bytes()
+    assert run_one(item, Storage()).skipped
 
 
 def test_another_backend_keeps_the_manifests(field: Field, work: Path) -> None:
@@ -282,8 +303,8 @@ def test_cli_prepare_and_plan(field: Field, tmp_path: Path) -> None:
 
     work = tmp_path / "cliwork"
     work.mkdir()
-    (work / "quadrant_index.parquet").write_bytes(field.index.read_bytes())
-    write_registry(field.registry, work / "registry.parquet")
+    Path(layout.quadrant_index_url(str(work))).write_bytes(field.index.read_bytes())
+    write_registry(field.registry, layout.registry_url(str(work)))
     tid = int(field.registry.tile_id[1])
     config = tmp_path / "c.yaml"
     config.write_text(f"runtime:\n  storage:\n    data_uri: {field.root}\n    work_uri: {work}\n")

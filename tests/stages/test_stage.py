@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from constellation.config import RuntimeConfig, ScienceConfig, Settings, StorageConfig
 from constellation.io.storage import Storage
 from constellation.manifest import layout
 from constellation.manifest.subtile import SubTileManifest, dump_manifest, load_manifest
-from constellation.stages.prepare import plan, run_one
 from constellation.stages.stage import rename_extension, stage_subtile
+from tests.fixtures.fields import LIGHT_2X2, FieldFactory
 
 
 @dataclass(frozen=True)
@@ -26,27 +25,12 @@ class Prepared:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    from constellation.io.quadrant_index import build_quadrant_index
-    from constellation.io.registry import resolve_registry
-    from constellation.simulate import FieldSpec
-    from constellation.simulate.run import simulate_field
-
-    root = tmp_path_factory.mktemp("stagefield")
-    work = tmp_path_factory.mktemp("stagework")
-    spec = FieldSpec(ra_deg=269.7, dec_deg=66.0, n_tiles_ra=1, n_tiles_dec=1,
-                     density_per_arcmin2=5.0, light_binning=64, seed=3)  # fmt: skip
-    storage = Storage()
-    simulate_field(spec, storage, str(root))
-    registry = resolve_registry(storage, f"{root}/q1/MER")
-    build_quadrant_index(storage, f"{root}/q1/VIS", str(work / "quadrant_index.parquet"))
-    settings = Settings(
-        science=ScienceConfig(),
-        runtime=RuntimeConfig(storage=StorageConfig(data_uri=str(root), work_uri=str(work))),
-    )
-    for item in plan(settings, registry):
-        run_one(item, storage)
-    return Prepared(root, work, int(registry.tile_id[0]))
+def prepared(fields: FieldFactory, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    """The first tile of the session's prepared 2x2 field, on a private copy of its work
+    root (the ``stage`` command is given that work root)."""
+    field = fields.prepared(LIGHT_2X2)
+    work = field.copy_work(tmp_path_factory.mktemp("stagework") / "work")
+    return Prepared(field.root, work, field.tile_ids[0])
 
 
 def _manifest_url(p: Prepared, row: int = 1, col: int = 2) -> str:
@@ -119,6 +103,7 @@ def _compare(original: SubTileManifest, original_url: str, dest: Path, files: _F
     ).read_bytes()
 
 
+@pytest.mark.slow  # ~14 s on 2 cores (astropy reads hundreds of HDUs per exposure)
 def test_stage_local_and_rerun_writes_nothing(prepared: Prepared, tmp_path: Path) -> None:
     url = _manifest_url(prepared)
     original = load_manifest(url)
@@ -237,7 +222,9 @@ def test_cli_stage_manifest_and_tile(prepared: Prepared, tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     assert result.output.startswith("staged 16 sub-tiles, ")
     assert "ratio 1.000" in result.output
-    staged = sorted(p.parent.name for p in dest.glob(f"{prepared.tile_id}/*/manifest.yaml"))
+    staged = sorted(
+        p.parent.name for p in dest.glob(f"{prepared.tile_id}/*/{layout.MANIFEST_NAME}")
+    )
     assert len(staged) == 16
     result = runner.invoke(app, ["-c", str(config), "stage", "--dest", str(dest)])
     assert result.exit_code != 0

