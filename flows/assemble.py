@@ -9,18 +9,36 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.common import end_state, load_settings, new_run_id, settings_from_json, settings_json
+from flows.common import (
+    end_state,
+    load_settings,
+    new_run_id,
+    settings_from_json,
+    settings_json,
+    storage_for,
+)
 
 __all__ = ["assemble_catalog", "assemble_task", "report_task", "validate_task"]
 
 
 @task(name="assemble", cache_policy=NO_CACHE, persist_result=False, retries=2)
 def assemble_task(payload: str, tiles: list[int] | None, run_id: str) -> dict[str, Any]:
-    """Commit pending results (batched, idempotent; see constellation.catalog.assemble)."""
-    from constellation.catalog.assemble import assemble
+    """Commit pending results (batched, idempotent; :class:`constellation.stages.assemble.
+    AssembleStage` under the drivers' error rule). Raises with the CLI's message when the
+    catalog cannot be opened or written; results that could not be read are logged (the
+    validation that follows reports their sub-tiles as missing)."""
+    from constellation.stages import assemble as stage
+    from constellation.stages.base import Failure, run_guarded
 
-    report = assemble(settings_from_json(payload), tiles=tiles, run_id=run_id)
-    return asdict(report)
+    settings = settings_from_json(payload)
+    (item,) = stage.plan(tiles, run_id)
+    outcome = run_guarded(stage.AssembleStage(settings), item, storage_for(payload))
+    if isinstance(outcome, Failure):
+        raise RuntimeError(outcome.error)
+    assert isinstance(outcome, stage.AssembleOutcome)
+    if outcome.error:
+        get_run_logger().warning("assemble: %s", outcome.error)
+    return asdict(outcome.report)
 
 
 @task(name="validate", cache_policy=NO_CACHE, persist_result=False)

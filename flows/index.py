@@ -27,28 +27,28 @@ def resolve_registry_task(payload: str, tiles: list[int] | None = None) -> list[
     return [int(t) for t in registry.tile_id]
 
 
-@task(name="build-quadrant-index", cache_policy=NO_CACHE, persist_result=False, retries=2)
+@task(name="build-quadrant-index", cache_policy=NO_CACHE, persist_result=False)
 def build_index_task(payload: str, full: bool = False) -> dict[str, Any]:
-    """Build or update the quadrant index; return its summary."""
-    from constellation.io.observations import list_observations
-    from constellation.io.quadrant_index import build_quadrant_index
+    """Build or update the quadrant index (:class:`constellation.stages.index.IndexStage`
+    under the drivers' error rule); return its summary. Raises ``ValueError`` with the
+    CLI's message when nothing could be indexed."""
+    from constellation.stages import index as stage
+    from constellation.stages.base import Failure, run_guarded
 
     settings = settings_from_json(payload)
-    storage = storage_for(payload)
-    vis = layout.join(settings.runtime.storage.data_uri, "q1", "VIS")
-    obs = list_observations(storage, vis)
-    if not obs.exposures:
-        raise ValueError(f"no DET file under {vis} (expected {{obs_id}}/EUC_VIS_SWL-DET-*.fits)")
-    out = layout.quadrant_index_url(settings.runtime.storage.work_uri)
-    summary = build_quadrant_index(storage, obs, out, full=full)
+    (item,) = stage.plan(settings, full=full)
+    outcome = run_guarded(
+        stage.IndexStage(), item, storage_for(payload), retries=settings.runtime.task_retries
+    )
+    if isinstance(outcome, Failure):
+        raise ValueError(outcome.message)
+    assert isinstance(outcome, stage.IndexOutcome)
+    summary = outcome.summary
     log = get_run_logger()
     for key, problem in sorted(summary.failed.items()):
         log.warning("exposure %s not indexed: %s", key, problem)
-    if not summary.written:
-        raise ValueError(
-            f"none of the {len(summary.failed)} exposures under {vis} could be indexed: "
-            f"{out} not written"
-        )
+    if outcome.status == "failed":
+        raise ValueError(outcome.error)
     doc = asdict(summary)
     doc["unmatched"] = len(summary.unmatched)
     doc["incomplete"] = len(summary.incomplete)

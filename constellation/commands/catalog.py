@@ -40,11 +40,15 @@ def assemble(
     ] = None,
 ) -> None:
     """Commit the sub-tile results not yet in the catalog (batched, idempotent)."""
-    from constellation.catalog.assemble import assemble as run_assemble
     from constellation.io.storage import storage_from_config
+    from constellation.stages import assemble as stage
+    from constellation.stages.base import Failure, run_guarded
 
     settings = get_state(ctx).settings
-    tiles = requested_tiles(settings, storage_from_config(settings.runtime.storage), tile)
+    storage = storage_from_config(settings.runtime.storage)
+    tiles = requested_tiles(settings, storage, tile)
+    (item,) = stage.plan(tiles, run_id, batch_size=batch_size, only_config=not any_config,
+                         workers=workers)  # fmt: skip
     with Progress(
         TextColumn("[bold]assemble"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=Console(stderr=True), transient=True,
@@ -54,20 +58,15 @@ def assemble(
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = run_assemble(
-            settings,
-            tiles=tiles,
-            batch_size=batch_size,
-            run_id=run_id,
-            only_config=not any_config,
-            workers=workers,
-            progress=progress,
-        )
-    typer.echo(report.summary())
-    if report.found == 0:
+        outcome = run_guarded(stage.AssembleStage(settings, progress), item, storage)
+    if isinstance(outcome, Failure):
+        fail(outcome.message)
+    assert isinstance(outcome, stage.AssembleOutcome)
+    typer.echo(outcome.report.summary())
+    if outcome.status == "skipped":
         fail("no sub-tile results found: run 'constellation infer' first")
-    if report.unreadable:
-        fail(f"{report.unreadable} results could not be read: {report.unreadable_dirs[:5]}")
+    if outcome.status == "failed":
+        fail(outcome.error or "")
 
 
 def validate(

@@ -33,35 +33,32 @@ def index(
 
     An exposure whose files are not readable FITS is reported on one line and left out
     (the others are indexed; the next run reads it again); the exit code is then 1."""
-    from constellation.io.observations import list_observations
-    from constellation.io.quadrant_index import build_quadrant_index
-    from constellation.io.storage import join_url, storage_from_config
-    from constellation.manifest import layout
+    from constellation.io.storage import storage_from_config
+    from constellation.stages import index as stage
+    from constellation.stages.base import Failure, run_guarded
 
     state = get_state(ctx)
     settings = state.settings
-    storage_cfg = settings.runtime.storage
-    vis_url = vis or join_url(storage_cfg.data_uri, "q1", "VIS")
-    out_url = out or layout.quadrant_index_url(storage_cfg.work_uri)
-    storage = storage_from_config(storage_cfg)
-    obs = list_observations(storage, vis_url)
-    if not obs.exposures:
-        fail(f"no DET file under {vis_url} (expected {{obs_id}}/EUC_VIS_SWL-DET-*.fits)")
+    storage = storage_from_config(settings.runtime.storage)
+    (item,) = stage.plan(settings, vis_uri=vis, index_url=out, full=full, workers=workers)
+    out_url = item.index_url
     with Progress(
         TextColumn("[bold]index"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task("", total=len(obs.exposures))
-        summary = build_quadrant_index(
-            storage, obs, out_url, full=full, workers=workers,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
-    s = summary
+        task = bar.add_task("", total=None)
+        index_stage = stage.IndexStage(
+            progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+        outcome = run_guarded(index_stage, item, storage)
+    if isinstance(outcome, Failure):
+        fail(outcome.message)
+    assert isinstance(outcome, stage.IndexOutcome)
+    s = outcome.summary
     for key, problem in sorted(s.failed.items()):
         typer.secho(f"exposure {key} not indexed: {problem}", fg=typer.colors.RED, err=True)
-    if not s.written:
-        fail(f"none of the {s.exposures} exposures under {vis_url} could be indexed: "
-             f"{out_url} not written")  # fmt: skip
+    if outcome.status == "failed":
+        fail(outcome.error or "nothing indexed")
     ratio = s.bytes_read / s.header_bytes if s.header_bytes else 0.0
     typer.echo(
         f"indexed {s.exposures - len(s.failed)} of {s.exposures} exposures into {out_url}: "

@@ -166,3 +166,33 @@ def test_summary_round_trips_and_merges() -> None:
     b.merge(a)
     assert b.counts == {"failed": 2, "ok": 2}
     assert b.n_failed == 2
+
+
+def test_index_and_assemble_outcomes() -> None:
+    from constellation.catalog.assemble import AssembleReport
+    from constellation.io.quadrant_index import IndexSummary
+    from constellation.stages.assemble import AssembleOutcome
+    from constellation.stages.index import IndexOutcome
+
+    assert IndexOutcome(IndexSummary("i", exposures=2, det_read=2)).status == "ok"
+    unchanged = IndexOutcome(IndexSummary("i", exposures=2, det_skipped=2))
+    assert isinstance(unchanged, Outcome)
+    assert unchanged.status == "done"
+    assert IndexOutcome(IndexSummary("i", det_skipped=1, det_removed=1)).status == "ok"
+    nothing = IndexOutcome(IndexSummary("i", exposures=3, written=False), "s3://b/VIS")
+    assert (nothing.status, nothing.cause) == ("failed", "nothing indexed")
+    assert (
+        nothing.error == "none of the 3 exposures under s3://b/VIS could be indexed: i not written"
+    )
+
+    def status(**counts: object) -> tuple[str, str | None]:
+        outcome = AssembleOutcome(AssembleReport(run_id="r", **counts))  # type: ignore[arg-type]
+        assert isinstance(outcome, Outcome)
+        return outcome.status, outcome.cause
+
+    assert status(found=0) == ("skipped", "no results")
+    assert status(found=4, subtiles_committed=4) == ("ok", None)
+    assert status(found=4, skipped_unchanged=4) == ("done", None)
+    assert status(found=4, subtiles_committed=3, unreadable=1, unreadable_dirs=["d"]) == (
+        "failed", "unreadable results",
+    )  # fmt: skip
