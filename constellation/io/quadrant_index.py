@@ -51,6 +51,7 @@ from constellation.io.fits import (
     ExtensionScan,
     read_extension_headers,
 )
+from constellation.io.fitscards import card_images
 from constellation.manifest.quadrant_index import (
     FOOTPRINT_VERTICES,
     INDEX_VERSION,
@@ -87,6 +88,7 @@ FILES_METADATA_KEY = b"constellation.quadrant_index.files"
 """Key-value metadata: JSON ``{url: [size, etag]}`` of the files the index was built from."""
 
 _WCS_KEY = re.compile(r"^(CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CD\d_\d|PV\d_\d+|RADESYS|NAXIS[12])$")
+_CARD = 80  # characters of a card image
 _PREFIXES = ("sci", "rms", "flg")
 _BKG_COLS = [f.name for f in QUADRANT_INDEX_SCHEMA if f.name.startswith("bkg_")]
 _PSF_COLS = [f.name for f in QUADRANT_INDEX_SCHEMA if f.name.startswith("psf_")]
@@ -137,10 +139,30 @@ class IndexSummary:
 
 def wcs_cards_text(header: fits.Header) -> str:
     """The WCS cards (CTYPE, CUNIT, CRPIX, CRVAL, CD, PV, RADESYS, NAXIS1/2) of a
-    header as text, one card per line (``fits.Header.fromstring(text, sep="\\n")``)."""
-    cards = [c for c in header.cards if _WCS_KEY.match(c.keyword)]
-    text: str = fits.Header(cards).tostring(sep="\n", padding=False, endcard=False)
-    return text
+    header as text, one card per line (``fits.Header.fromstring(text, sep="\\n")``).
+
+    The card images joined as ``fits.Header(cards).tostring(sep="\\n", padding=False,
+    endcard=False)`` joins them (a card with CONTINUE cards gives one line per 80
+    characters), without building that header: the same text. Reading the images
+    still costs astropy's verification of each card (~0.6-0.8 ms a freshly parsed
+    SCI header); the index takes them from the text as written where it can
+    (:func:`~constellation.io.fitscards.card_images`, ~0.18 ms).
+    """
+    lines: list[str] = []
+    for card in header.cards:
+        if _WCS_KEY.match(card.keyword):
+            image: str = card.image
+            lines.extend(image[i : i + _CARD] for i in range(0, len(image), _CARD))
+    return "\n".join(lines)
+
+
+def _wcs_text(raw: str, header: fits.Header) -> str:
+    """:func:`wcs_cards_text` of ``header``, parsed from its text ``raw``: from the card
+    images as written where they are standard cards (what astropy gives, without its
+    verification of each card: measured 0.18 against 0.78 ms a SCI header), else
+    from astropy's."""
+    lines = card_images(raw, _WCS_KEY.match)
+    return "\n".join(lines) if lines is not None else wcs_cards_text(header)
 
 
 def _wcs(text: str) -> WCS:
@@ -215,7 +237,7 @@ def _det_rows(e: ExposureFiles, scan: ExtensionScan) -> dict[str, dict[str, Any]
             continue
         sci = parts["SCI"].header
         nx, ny = int(sci["NAXIS1"]), int(sci["NAXIS2"])
-        text = wcs_cards_text(sci)
+        text = _wcs_text(parts["SCI"].text, sci)
         fra, fdec, cra, cdec = quadrant_footprint(_wcs(text), nx, ny)
         row: dict[str, Any] = {
             "healpix": 0,
