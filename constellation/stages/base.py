@@ -35,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from constellation.inference.base import (
     BackendUnavailableError,
@@ -292,7 +292,7 @@ class OutcomeSummary:
 
 
 @dataclass
-class StageRun(Generic[ItemT]):
+class StageRun:
     """What :func:`drive` did: every outcome in item order, and their summary."""
 
     outcomes: list[Outcome] = field(default_factory=list)
@@ -316,14 +316,14 @@ def drive(
     *,
     retries: int = 0,
     on_outcome: Callable[[ItemT, Outcome], None] | None = None,
-) -> StageRun[ItemT]:
+) -> StageRun:
     """Run ``items`` one after another with :func:`run_guarded`.
 
     A failed item is recorded and the next one goes on; an ``unavailable`` outcome
     (the stage cannot run at all) stops the run and is kept in ``stopped_by``.
     ``on_outcome`` is called after each item (progress bars, error lines).
     """
-    run: StageRun[ItemT] = StageRun()
+    run = StageRun()
     for item in items:
         outcome = run_guarded(stage, item, storage, retries=retries)
         if on_outcome is not None:
