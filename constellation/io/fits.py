@@ -171,13 +171,17 @@ def card_image(keyword: str, value: object, comment: str = "") -> str:
     return text[:CARD_BYTES].ljust(CARD_BYTES)
 
 
-def cards_to_header_bytes(cards: Iterable[Card]) -> bytes:
-    """Header bytes (with END, padded to 2880) from ``(keyword, value, comment)`` cards.
+def cards_to_header_bytes(cards: Iterable[Card], images: str = "") -> bytes:
+    """Header bytes (with END, padded to 2880) from ``(keyword, value, comment)`` cards,
+    followed by ``images``: cards already formatted (:func:`card_image`, 80 characters
+    each), for the cards many headers share.
 
     A fast path for the thousands of near-identical quadrant headers: astropy's
     Header machinery costs ~1 ms per card list, this a few microseconds.
     """
-    text = "".join(card_image(k, v, c) for k, v, c in cards) + "END".ljust(CARD_BYTES)
+    if len(images) % CARD_BYTES:
+        raise ValueError(f"card images of {len(images)} characters, not a multiple of 80")
+    text = "".join(card_image(k, v, c) for k, v, c in cards) + images + "END".ljust(CARD_BYTES)
     raw = text.encode("ascii")
     return raw + b" " * pad_bytes(len(raw))
 

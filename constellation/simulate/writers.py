@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import MaskedColumn, Table
 
-from constellation.io.fits import Card, cards_to_header_bytes, pad_bytes
+from constellation.io.fits import Card, card_image, cards_to_header_bytes, pad_bytes
 from constellation.io.storage import local_path
 from constellation.simulate import focal_plane
 from constellation.simulate.field import Exposure, FieldPlan
@@ -137,9 +138,14 @@ _SKIP = {"SIMPLE", "XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", 
          "EXTNAME", "EXTEND"}  # fmt: skip
 
 
-def _image_hdu(base: list[Card], nx: int, ny: int, extname: str, bitpix: int,
+def _base_images(cards: list[Card]) -> str:
+    """The images of a quadrant's WCS/keyword cards, formatted once for its layers."""
+    return "".join(card_image(k, v, c) for k, v, c in cards if k not in _SKIP)
+
+
+def _image_hdu(base: str, nx: int, ny: int, extname: str, bitpix: int,
                data: np.ndarray | None) -> HduSpec:  # fmt: skip
-    """An IMAGE extension from pre-computed WCS/keyword cards (fast path)."""
+    """An IMAGE extension from pre-formatted WCS/keyword card images (fast path)."""
     cards: list[Card] = [
         ("XTENSION", "IMAGE", "image extension"),
         ("BITPIX", bitpix, ""),
@@ -150,9 +156,8 @@ def _image_hdu(base: list[Card], nx: int, ny: int, extname: str, bitpix: int,
         ("GCOUNT", 1, ""),
         ("EXTNAME", extname, ""),
     ]
-    cards.extend(c for c in base if c[0] not in _SKIP)
     n = nx * ny * abs(bitpix) // 8
-    return HduSpec(cards_to_header_bytes(cards), data, n + pad_bytes(n))
+    return HduSpec(cards_to_header_bytes(cards, base), data, n + pad_bytes(n))
 
 
 def _primary_header(e: Exposure | None, extra: dict[str, Any]) -> fits.Header:
@@ -224,12 +229,46 @@ def _rendered(
     )
 
 
+@dataclass
+class _Quadrant:
+    """What every file of an exposure (DET, BKG, WGT) writes of one quadrant: its header
+    card images after the size cards, its shape, and its pixel layers (none when sparse)."""
+
+    images: str
+    nx: int
+    ny: int
+    arrays: dict[str, np.ndarray] | None
+
+
+def _exposure_quadrants(
+    plan: FieldPlan, e: Exposure, sparse: bool, sources: SourceSet
+) -> dict[str, _Quadrant]:
+    """The quadrants of one exposure, made once for its three files (each quadrant from
+    its own random stream, so the bytes do not depend on the order they are made in)."""
+    spec = plan.spec
+    binning = spec.light_binning if spec.mode == "light" else 1
+    out: dict[str, _Quadrant] = {}
+    for index, qid in enumerate(focal_plane.QUADRANT_IDS):
+        rng = np.random.default_rng([spec.seed, 4, e.obs_id, e.dither, e.n, index])
+        cards = focal_plane.quadrant_wcs_cards(qid, e.ra_deg, e.dec_deg, e.pa_deg, binning=binning)
+        values = {c[0]: c[1] for c in cards}
+        nx, ny = int(values["NAXIS1"]), int(values["NAXIS2"])  # type: ignore[call-overload]
+        kw = _quadrant_keywords(e, qid, rng)
+        cards.extend((k, v[0], v[1]) if isinstance(v, tuple) else (k, v, "") for k, v in kw.items())
+        arrays = None
+        if spec.mode == "pixels" and qid in spec.pixel_quadrants:
+            arrays = _rendered(plan, e, qid, fits.Header(cards), kw, sources, rng)
+        elif not sparse:
+            arrays = _light_arrays((ny, nx), e, float(kw["GAIN"][0]), float(kw["RDNOISE"][0]), rng)
+        out[qid] = _Quadrant(_base_images(cards), nx, ny, arrays)
+    return out
+
+
 def _exposure_hdus(
-    plan: FieldPlan, e: Exposure, kind: str, sparse: bool, sources: SourceSet
+    plan: FieldPlan, e: Exposure, kind: str, quadrants: dict[str, _Quadrant]
 ) -> Iterator[HduSpec]:
     """HDUs of one exposure file; DET extensions in a shuffled (non-sorted) order."""
     spec = plan.spec
-    binning = spec.light_binning if spec.mode == "light" else 1
     yield HduSpec(_primary_header(e, {"FILETYPE": kind}))
     order_rng = np.random.default_rng([spec.seed, 3, e.obs_id, e.dither, e.n])
     qids = list(focal_plane.QUADRANT_IDS)
@@ -239,32 +278,12 @@ def _exposure_hdus(
         names = [names[i] for i in order_rng.permutation(len(names))]
     else:
         names = [(q, kind) for q in qids]
-    bases: dict[str, tuple[list[Card], int, int]] = {}
-    arrays: dict[str, dict[str, np.ndarray]] = {}
     for qid, layer in names:
-        if qid not in bases:
-            rng = np.random.default_rng([spec.seed, 4, e.obs_id, e.dither, e.n, qids.index(qid)])
-            cards = focal_plane.quadrant_wcs_cards(
-                qid, e.ra_deg, e.dec_deg, e.pa_deg, binning=binning
-            )
-            values = {c[0]: c[1] for c in cards}
-            nx, ny = int(values["NAXIS1"]), int(values["NAXIS2"])  # type: ignore[call-overload]
-            kw = _quadrant_keywords(e, qid, rng)
-            cards.extend(
-                (k, v[0], v[1]) if isinstance(v, tuple) else (k, v, "") for k, v in kw.items()
-            )
-            bases[qid] = (cards, nx, ny)
-            if spec.mode == "pixels" and qid in spec.pixel_quadrants:
-                arrays[qid] = _rendered(plan, e, qid, fits.Header(cards), kw, sources, rng)
-            elif not sparse:
-                arrays[qid] = _light_arrays(
-                    (ny, nx), e, float(kw["GAIN"][0]), float(kw["RDNOISE"][0]), rng
-                )
+        q = quadrants[qid]
         extname = f"{qid}.{layer}" if kind == "DET" else qid
         bitpix = 32 if layer == "FLG" else -32
-        data = arrays[qid][layer] if qid in arrays else None
-        cards, nx, ny = bases[qid]
-        yield _image_hdu(cards, nx, ny, extname, bitpix, data)
+        data = q.arrays[layer] if q.arrays is not None else None
+        yield _image_hdu(q.images, q.nx, q.ny, extname, bitpix, data)
 
 
 def _psf_hdus(plan: FieldPlan) -> Iterator[HduSpec]:
@@ -383,12 +402,13 @@ def write_field_files(
     for obs in plan.obs_ids:
         put(psf_key(obs, plan.psf_timestamp), psf, "PSF")
     for e in plan.exposures:
+        quadrants = _exposure_quadrants(plan, e, sparse, sources)
         for kind in ("DET", "BKG", "WGT"):
             key = exposure_key(e, kind)
             if sparse:
-                put_sparse(key, _exposure_hdus(plan, e, kind, True, sources), kind)
+                put_sparse(key, _exposure_hdus(plan, e, kind, quadrants), kind)
             else:
-                put(key, assemble_bytes(_exposure_hdus(plan, e, kind, False, sources)), kind)
+                put(key, assemble_bytes(_exposure_hdus(plan, e, kind, quadrants)), kind)
     mer_ts = datetime(2024, 10, 18, 14, 27, 10, 276838)
     for tile in plan.tiles:
         put(mosaic_key(tile.tile_id, mer_ts), header_only(mosaic_header(tile)), "MOSAIC")

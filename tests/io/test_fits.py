@@ -234,6 +234,11 @@ def test_cards_read_back_by_astropy() -> None:
         card_image("EXTNAME", "x" * 80)
     with pytest.raises(ValueError, match="longer than 8"):
         card_image("TOOLONGKEY", 1)
+    # cards formatted once (the images many headers share) come after the others
+    shared = "".join(card_image(k, v, c) for k, v, c in cards[8:])
+    assert cards_to_header_bytes(cards[:8], shared) == raw
+    with pytest.raises(ValueError, match="not a multiple of 80"):
+        cards_to_header_bytes(cards[:8], shared[:-1])
 
 
 @pytest.mark.parametrize("n", [0, 1, 2879, 2880, 2881, 5760])
