@@ -344,7 +344,7 @@ def prepared_tiles(payload: str) -> list[int]:
     storage = storage_for(payload)
     base = layout.join(settings.runtime.storage.work_uri, "tiles")
     found = storage.glob(layout.join(base, "*", "subtiles"))
-    return sorted(int(u.rstrip("/").split("/")[-2]) for u in found)
+    return sorted(layout.tile_id_from_url(u) for u in found)
 
 
 def run_inference(

@@ -71,12 +71,12 @@ def run_prepare(payload: str, tiles: list[int] | None) -> dict[str, Any]:
 
 def failed_tiles_message(prepared: dict[str, Any]) -> str | None:
     """ "N tile(s) not prepared: T (error); ..." for a :func:`run_prepare` result, or None."""
+    from constellation.stages.base import failures_line
+
     failed = prepared.get("failed") or []
     if not failed:
         return None
-    first = "; ".join(f"{f['tile_id']} ({f['error']})" for f in failed[:3])
-    more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
-    return f"{len(failed)} tile(s) not prepared: {first}{more}"
+    return failures_line("tile(s) not prepared", [(f["tile_id"], f["error"]) for f in failed])
 
 
 @flow(

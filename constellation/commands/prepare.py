@@ -69,7 +69,7 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     and the exit code is 1."""
     from constellation.io.storage import storage_from_config
     from constellation.manifest import layout
-    from constellation.stages.base import Failure, drive
+    from constellation.stages.base import Failure, drive, failures_line
     from constellation.stages.prepare import PrepareResult, PrepareStage, summary_line
     from constellation.stages.prepare import plan as plan_stage
 
@@ -102,8 +102,8 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     if missing:
         typer.echo(f"tiles without a MER catalog: {', '.join(map(str, missing))}")
     if run.failed:
-        names = ", ".join(o.label.removeprefix("tile ") for o in run.failed)
-        typer.echo(f"{len(run.failed)} tile(s) not prepared: {names}")
+        failed = [(o.label.removeprefix("tile "), o.message) for o in run.failed]
+        typer.echo(failures_line("tile(s) not prepared", failed))
         raise typer.Exit(1)
 
 

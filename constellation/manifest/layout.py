@@ -40,6 +40,7 @@ __all__ = [
     "subtile_dir",
     "subtile_name",
     "tile_dir",
+    "tile_id_from_url",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -51,6 +52,7 @@ DONE_NAME = "_DONE.json"
 RESULT_NAME = "result.parquet"
 RESULT_DONE_NAME = "_RESULT.json"
 
+_TILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)(?:/|$)")
 _SUBTILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)/subtiles/r(\d+)_c(\d+)(?:/[^/]*)?/?$")
 
 
@@ -102,6 +104,16 @@ def registry_url(work_uri: str) -> str:
 def tile_dir(work_uri: str, tile_id: int) -> str:
     """Directory of one tile's outputs."""
     return join(work_uri, "tiles", str(int(tile_id)))
+
+
+def tile_id_from_url(url: str) -> int:
+    """The tile of a URL under a work root: its folder ``.../tiles/{tile}`` or anything
+    in it (the inverse of :func:`tile_dir`; the last such folder of the URL, so a work
+    root may itself lie under a ``tiles/N`` folder). ``ValueError`` otherwise."""
+    found = _TILE_PATH.findall(url.replace("\\", "/"))
+    if not found:
+        raise ValueError(f"{url}: not in a tile folder (tiles/T)")
+    return int(found[-1])
 
 
 def subtile_name(row: int, col: int) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "classify",
     "drive",
     "error_text",
+    "failures_line",
     "run_guarded",
 ]
 
@@ -158,6 +159,14 @@ def error_text(exc: BaseException, limit: int = 2000) -> str:
     """``TypeName: message``, cut to ``limit`` characters."""
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def failures_line(what: str, failed: Sequence[tuple[object, str]], shown: int = 3) -> str:
+    """``"N {what}: A (error); B (error) and K more"``: the one line that names the items
+    a run could not do (``failed``: (item, error) pairs), the CLI's and the flow's."""
+    named = "; ".join(f"{item} ({error})" for item, error in failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{len(failed)} {what}: {named}{more}"
 
 
 @dataclass(frozen=True)

@@ -43,3 +43,17 @@ def test_other_paths_are_refused(url: str) -> None:
 def test_order_is_tile_row_col() -> None:
     ids = [SubTileId(2, 0, 0), SubTileId(1, 1, 0), SubTileId(1, 0, 3)]
     assert sorted(ids) == [SubTileId(1, 0, 3), SubTileId(1, 1, 0), SubTileId(2, 0, 0)]
+
+
+@pytest.mark.parametrize("work", ["/data/work", "s3://bucket/work/", "/runs/tiles/7/work"])
+def test_tile_paths_map_back_to_their_tile(work: str) -> None:
+    for url in (
+        layout.tile_dir(work, 102018211),
+        layout.tile_dir(work, 102018211) + "/",
+        layout.join(layout.tile_dir(work, 102018211), "subtiles"),
+        layout.manifest_url(work, 102018211, 3, 1),
+    ):
+        assert layout.tile_id_from_url(url) == 102018211, url
+    for url in ("/w/subtiles/3", "/w/tiles/x/subtiles", "/w/mytiles/3/subtiles", ""):
+        with pytest.raises(ValueError, match="not in a tile folder"):
+            layout.tile_id_from_url(url)

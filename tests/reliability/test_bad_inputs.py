@@ -385,7 +385,8 @@ def test_one_bad_catalog_does_not_stop_the_field(field: Field, tmp_path: Path) -
     error_line(res, f"tile {west}: ", catalog.name, "non-finite")
     # the middle tile models sources of its west neighbour: it cannot be prepared either
     error_line(res, f"tile {middle}: catalog of neighbour tile {west}: ", "non-finite")
-    assert f"2 tile(s) not prepared: {west}, {middle}" in res.stdout
+    assert f"2 tile(s) not prepared: {west} (" in res.stdout
+    assert f"; {middle} (" in res.stdout
     assert "prepared 1 tiles (4 sub-tiles)" in res.stdout
     work = tmp_path / "work"
     for tile in (west, middle):

@@ -16,6 +16,7 @@ from constellation.stages.base import (
     SubTileFailedError,
     classify,
     drive,
+    failures_line,
     run_guarded,
 )
 
@@ -196,3 +197,14 @@ def test_index_and_assemble_outcomes() -> None:
     assert status(found=4, subtiles_committed=3, unreadable=1, unreadable_dirs=["d"]) == (
         "failed", "unreadable results",
     )  # fmt: skip
+
+
+def test_failures_line_names_three_and_counts_the_rest() -> None:
+    assert failures_line("tile(s) not prepared", [(7, "OSError: gone")]) == (
+        "1 tile(s) not prepared: 7 (OSError: gone)"
+    )
+    five = [(t, f"e{t}") for t in range(5)]
+    assert failures_line("tile(s) not prepared", five) == (
+        "5 tile(s) not prepared: 0 (e0); 1 (e1); 2 (e2) and 2 more"
+    )
+    assert failures_line("x", five, shown=5).endswith("4 (e4)")
