@@ -102,7 +102,10 @@ def prepare(ctx: typer.Context, tile: TileOption = None) -> None:
     if missing:
         typer.echo(f"tiles without a MER catalog: {', '.join(map(str, missing))}")
     if run.failed:
-        failed = [(o.label.removeprefix("tile "), o.message) for o in run.failed]
+        failed = [
+            (o.label.removeprefix("tile "), o.message if isinstance(o, Failure) else str(o.error))
+            for o in run.failed
+        ]
         typer.echo(failures_line("tile(s) not prepared", failed))
         raise typer.Exit(1)
 
