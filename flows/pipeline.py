@@ -120,7 +120,11 @@ def run_pipeline(
     )
     figures = report_task(payload) if report else None
     # baseline for the reprocessing flow and for preflight_first
-    save_state(settings, payload, chosen, completed=not inferred["counts"].get("failed"))
+    unprepared = [int(f["tile_id"]) for f in prepared["failed"]]
+    if inferred["counts"].get("failed"):
+        save_state(settings, payload, [], chosen + unprepared)
+    else:
+        save_state(settings, payload, chosen, unprepared)
     log.info("run %s: %s", rid, validated["summary"])
     return {
         "run_id": rid,

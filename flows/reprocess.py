@@ -42,9 +42,10 @@ from flows.prepare import failed_tiles_message, run_prepare
 __all__ = ["reprocess_field", "save_state"]
 
 
-def save_state(settings: Any, payload: str, tiles: list[int], completed: bool) -> None:
-    """:func:`constellation.stages.changes.record_run` through the configured storage."""
-    changes.record_run(settings, storage_for(payload), tiles, completed)
+def save_state(settings: Any, payload: str, completed: list[int], failed: list[int]) -> None:
+    """:func:`constellation.stages.changes.record_run` through the configured storage:
+    the tiles a run finished, and those it did not (redone by the next reprocessing)."""
+    changes.record_run(settings, storage_for(payload), completed, failed)
 
 
 @flow(
@@ -76,9 +77,9 @@ def reprocess_field(
     affected = found.affected
     log.info(
         "changes: %d quadrant-index rows -> %d tiles; catalogs -> %d tiles; config/new -> "
-        "%d tiles; %d of %d tiles to redo",
+        "%d tiles; unfinished last run -> %d tiles; %d of %d tiles to redo",
         found.changed_index_rows, len(found.by_exposures), len(found.by_catalogs),
-        len(found.by_config), len(affected), len(field),
+        len(found.by_config), len(found.by_failure), len(affected), len(field),
     )  # fmt: skip
     out: dict[str, Any] = {"run_id": rid, **found.to_dict()}
     completed: list[int] = []
@@ -94,7 +95,8 @@ def reprocess_field(
         out["validate"] = validate_task(payload, field)
         if not out["infer"]["counts"].get("failed"):
             completed = todo
-    changes.record_run(settings, storage, completed, bool(completed), found)
+    failed = [t for t in affected if t not in completed]
+    changes.record_run(settings, storage, completed, failed, found)
     if not affected:
         return out
     message = (

@@ -1,6 +1,6 @@
 """What changed since the last run, and which tiles it affects (field reprocessing).
 
-Three kinds of change make a tile stale:
+Three kinds of change make a tile stale, and a fourth rule redoes what failed:
 
 * **exposures** — quadrant-index rows added, removed or changed (a new DET file,
   a reprocessed one, a new BKG or PSF): every tile whose reach (core grown by the
@@ -9,7 +9,11 @@ Three kinds of change make a tile stale:
   saved by the previous reprocessing run: its tile and every tile that reads it
   as a neighbour;
 * **configuration** — a tile whose prepared sub-tiles carry another science
-  config hash, or that was never prepared.
+  config hash, or that was never prepared;
+* **failure** — a tile the last run could not finish (not prepared, or a sub-tile
+  failed), recorded in the saved state: the changes that made it stale were read,
+  and their fingerprints saved, by that run, so without this rule nothing would
+  bring it back until its inputs change again.
 
 Pure functions over tables and small dicts, two helpers that read and write the
 saved state, and :func:`field_changes` / :func:`record_run` that string them
@@ -217,16 +221,25 @@ def next_state(
     catalogs_now: Mapping[str, Any],
     config_hash: str,
     completed_tiles: Iterable[int] = (),
+    failed_tiles: Iterable[int] = (),
 ) -> dict[str, Any]:
     """The state to save after a run: the catalog fingerprints updated with
     ``catalogs_now``; ``tiles_run``, the tiles whose run finished with no failed
-    sub-tile under ``config_hash`` (emptied when the configuration changed)."""
+    sub-tile under ``config_hash``, and ``tiles_failed``, those whose last run did not
+    finish (both emptied when the configuration changed: then every tile is redone)."""
     catalogs = dict(previous.get("catalogs", {}))
     catalogs.update(catalogs_now)
     same = previous.get("config_hash") == config_hash
+    completed = {int(t) for t in completed_tiles}
+    failed = {int(t) for t in failed_tiles} - completed
     ran = {int(t) for t in previous.get("tiles_run", [])} if same else set()
-    ran |= {int(t) for t in completed_tiles}
-    return {"catalogs": catalogs, "config_hash": config_hash, "tiles_run": sorted(ran)}
+    ran = (ran | completed) - failed
+    still = {int(t) for t in previous.get("tiles_failed", [])} if same else set()
+    still = (still - completed) | failed
+    return {
+        "catalogs": catalogs, "config_hash": config_hash,
+        "tiles_run": sorted(ran), "tiles_failed": sorted(still),
+    }  # fmt: skip
 
 
 def ran_before(state: Mapping[str, Any], config_hash: str, tiles: Iterable[int]) -> bool:
@@ -250,6 +263,8 @@ class FieldChanges:
     by_exposures: frozenset[int]
     by_catalogs: frozenset[int]
     by_config: frozenset[int]
+    #: tiles the last run did not finish (the state's ``tiles_failed``)
+    by_failure: frozenset[int]
     #: the catalog fingerprints now (the field's tiles and the neighbours they read)
     fingerprints: dict[str, Any]
     #: the state the previous run saved
@@ -258,7 +273,7 @@ class FieldChanges:
     @property
     def affected(self) -> list[int]:
         """The tiles to redo."""
-        return sorted(self.by_exposures | self.by_catalogs | self.by_config)
+        return sorted(self.by_exposures | self.by_catalogs | self.by_config | self.by_failure)
 
     def to_dict(self) -> dict[str, Any]:
         """The counts and tile lists a reprocessing run reports."""
@@ -268,6 +283,7 @@ class FieldChanges:
             "tiles_by_exposures": sorted(self.by_exposures),
             "tiles_by_catalogs": sorted(self.by_catalogs),
             "tiles_by_config": sorted(self.by_config),
+            "tiles_by_failure": sorted(self.by_failure),
             "affected": self.affected,
         }
 
@@ -292,7 +308,8 @@ def field_changes(
     """The tiles of ``field`` to redo: those reached by quadrant-index rows that differ
     between ``index_before`` and ``index_after`` (:func:`read_index_keys` before and
     after the index update), those reading a MER catalog that changed since the saved
-    state, and those last prepared or run under another configuration."""
+    state, those last prepared or run under another configuration, and those the last
+    run did not finish."""
     work = settings.runtime.storage.work_uri
     tiles = sorted(set(field))
     moved = changed_index_rows(index_before, index_after)
@@ -305,32 +322,33 @@ def field_changes(
     by_config = stale_config_tiles(
         storage, work, tiles, settings.preparation_hash, state, settings.config_hash
     )
+    by_failure = {int(t) for t in state.get("tiles_failed", [])} & set(tiles)
     return FieldChanges(
-        tiles, moved.num_rows, frozenset(by_exposures),
-        frozenset(by_catalogs), frozenset(by_config), now, state,
+        tiles, moved.num_rows, frozenset(by_exposures), frozenset(by_catalogs),
+        frozenset(by_config), frozenset(by_failure), now, state,
     )  # fmt: skip
 
 
 def record_run(
     settings: Settings,
     storage: Storage,
-    tiles: Iterable[int],
-    completed: bool,
+    completed: Iterable[int],
+    failed: Iterable[int] = (),
     changes: FieldChanges | None = None,
 ) -> None:
     """Save the baseline the next reprocessing run compares against: the catalog
-    fingerprints of ``tiles`` and their neighbours and, when ``completed`` (nothing
-    failed), that ``tiles`` ran under this configuration. ``changes``: the state and
+    fingerprints of the tiles run (``completed`` and ``failed``) and their neighbours;
+    that the ``completed`` tiles ran under this configuration; and that the ``failed``
+    ones did not finish, so the next run redoes them. ``changes``: the state and
     fingerprints already read by :func:`field_changes` (else they are read here)."""
     work = settings.runtime.storage.work_uri
-    chosen = sorted(set(tiles))
+    done, bad = sorted(set(completed)), sorted(set(failed))
     if changes is None:
         registry = read_work_registry(storage, work)
-        readers = _readers(settings, registry, chosen)
-        wanted = sorted(set(chosen) | {n for v in readers.values() for n in v})
+        readers = _readers(settings, registry, sorted(set(done) | set(bad)))
+        wanted = sorted(set(done) | set(bad) | {n for v in readers.values() for n in v})
         now = catalog_fingerprints(storage, settings.runtime.storage.data_uri, wanted)
         state = read_state(storage, work)
     else:
         now, state = changes.fingerprints, changes.state
-    done = chosen if completed else []
-    write_state(storage, work, next_state(state, now, settings.config_hash, done))
+    write_state(storage, work, next_state(state, now, settings.config_hash, done, bad))

@@ -4,11 +4,22 @@ rerun start without Ray and the preflight)."""
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
+from constellation.io.registry import read_work_registry
 from constellation.io.storage import Storage
 from constellation.manifest import layout
-from constellation.stages.changes import next_state, ran_before, stale_config_tiles
+from constellation.stages.changes import (
+    FieldChanges,
+    field_changes,
+    next_state,
+    ran_before,
+    record_run,
+    stale_config_tiles,
+)
+from tests.fixtures.fields import PreparedField
 
 
 def test_completed_tiles_accumulate_under_one_configuration() -> None:
@@ -53,3 +64,58 @@ def test_stale_tiles_by_preparation_and_by_configuration(tmp_path: Path) -> None
     assert stale_config_tiles(storage, work, [1, 2], "prepA", state, "hashA") == {2}
     assert stale_config_tiles(storage, work, [1, 2], "prepA", state, "hashB") == {1, 2}
     assert stale_config_tiles(storage, work, [1], "prepA", {}, "hashB") == set()  # no run yet
+
+
+def test_failed_tiles_leave_tiles_run_until_a_run_finishes_them() -> None:
+    state = next_state({}, {}, "hashA", [1, 2, 3])
+    failed = next_state(state, {}, "hashA", [1], failed_tiles=[2])
+    assert failed["tiles_run"] == [1, 3]
+    assert failed["tiles_failed"] == [2]
+    assert not ran_before(failed, "hashA", [2])
+    again = next_state(failed, {}, "hashA", [3], failed_tiles=[4])
+    assert again["tiles_failed"] == [2, 4]  # 2 is still not finished
+    fixed = next_state(again, {}, "hashA", [2, 4])
+    assert fixed["tiles_failed"] == []
+    assert fixed["tiles_run"] == [1, 2, 3, 4]
+    # another configuration redoes every tile: the failures are forgotten with the rest
+    assert next_state(again, {}, "hashB", [1])["tiles_failed"] == []
+
+
+def test_a_tile_that_failed_is_redone_although_its_change_was_read(
+    prepared_field: PreparedField, tmp_path: Path
+) -> None:
+    """The run that failed on a tile saved the catalog fingerprints it read: the next
+    reprocessing still redoes that tile (and nothing else), until a run finishes it."""
+    # a private data root: the catalogs copied (one is rewritten below), the rest linked
+    data = tmp_path / "data"
+    (data / "q1").mkdir(parents=True)
+    for part in (prepared_field.root / "q1").iterdir():
+        if part.name == "catalogs":
+            shutil.copytree(part, data / "q1" / part.name)
+        else:
+            (data / "q1" / part.name).symlink_to(part, target_is_directory=True)
+    work = prepared_field.copy_work(tmp_path / "work")
+    settings = replace(prepared_field, root=data).settings(work)
+    storage = Storage()
+    registry = read_work_registry(storage, str(work))
+    tiles = list(prepared_field.tile_ids)
+    bad = tiles[-1]
+
+    def changes() -> FieldChanges:
+        return field_changes(settings, storage, registry, tiles, None, None)
+
+    record_run(settings, storage, tiles)
+    assert changes().affected == []
+    # the bad tile's catalog changes; the run that sees it fails on that tile
+    catalog = next((data / "q1" / "catalogs").rglob(f"*TILE{bad}-*.fits"))
+    catalog.write_bytes(catalog.read_bytes() + b" " * 2880)
+    found = changes()
+    assert bad in found.by_catalogs
+    record_run(settings, storage, [t for t in found.affected if t != bad], [bad], found)
+    after = changes()
+    assert not after.by_catalogs  # the change was read and its fingerprint saved
+    assert after.by_failure == {bad}
+    assert after.affected == [bad]
+    assert after.to_dict()["tiles_by_failure"] == [bad]
+    record_run(settings, storage, after.affected, [], after)
+    assert changes().affected == []
