@@ -71,8 +71,7 @@ def test_pipeline_on_an_s3_work_root(
                 "properties": {
                     "type": "sql",
                     "uri": f"sqlite:///{db}",
-                    "warehouse": f"s3://{bucket}/warehouse",
-                    "s3.endpoint": s3_endpoint,
+                    "warehouse": f"s3://{bucket}/warehouse",  # s3.endpoint: the storage's
                     "s3.region": "us-east-1",
                 }
             },

@@ -60,6 +60,22 @@ def test_remote_work_root_needs_catalog_properties(tmp_path: Path) -> None:
                      "catalog": {"name": "mine", "namespace": "lensing", "properties": props}}}
     )  # fmt: skip
     assert catalog_properties(configured) == props
+    # an S3 warehouse takes the storage's endpoint unless the properties name one
+    on_s3 = {**props, "warehouse": "s3://bucket/warehouse"}
+    storage = {"work_uri": "s3://bucket/work", "endpoint_url": "http://127.0.0.1:9"}
+    filled = Settings.model_validate(
+        {"runtime": {"storage": storage, "catalog": {"properties": on_s3}}}
+    )
+    assert catalog_properties(filled) == {**on_s3, "s3.endpoint": "http://127.0.0.1:9"}
+    mine = {**on_s3, "s3.endpoint": "http://elsewhere:9000"}
+    kept = Settings.model_validate(
+        {"runtime": {"storage": storage, "catalog": {"properties": mine}}}
+    )
+    assert catalog_properties(kept) == mine
+    local_wh = Settings.model_validate(
+        {"runtime": {"storage": storage, "catalog": {"properties": props}}}
+    )
+    assert catalog_properties(local_wh) == props  # not an S3 warehouse: nothing added
     cat = open_catalog(configured)
     cat.table(SUBTILES)
     assert (tmp_path / "other.db").is_file()

@@ -102,6 +102,10 @@ def _embedded_root(settings: Settings) -> Path:
 def catalog_properties(settings: Settings) -> dict[str, str]:
     """The pyiceberg properties of the configured catalog (the SQLite default filled in).
 
+    A configured catalog whose ``warehouse`` is an ``s3://`` URL and that names no
+    ``s3.endpoint`` gets ``runtime.storage.endpoint_url`` (when set): the warehouse is
+    then in the same object store as the work root unless the properties say otherwise.
+
     Raises
     ------
     ConfigError
@@ -109,6 +113,9 @@ def catalog_properties(settings: Settings) -> dict[str, str]:
     """
     configured = dict(settings.runtime.catalog.properties)
     if configured:
+        endpoint = settings.runtime.storage.endpoint_url
+        if endpoint and str(configured.get("warehouse", "")).startswith(("s3://", "s3a://")):
+            configured.setdefault("s3.endpoint", endpoint)
         return configured
     base = _embedded_root(settings)
     return {
