@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-__all__ = ["SIZE_KEYWORDS", "card_images", "size_cards"]
+__all__ = ["SIZE_KEYWORDS", "card_images", "size_cards", "value_cards"]
 
 SIZE_KEYWORDS = frozenset({"EXTNAME", "BITPIX", "NAXIS", "PCOUNT", "GCOUNT", "GROUPS"})
 """The keywords read, besides every ``NAXISn``."""
@@ -45,6 +45,10 @@ _INT = re.compile(r" *([+-]?[0-9]+) *(?:/.*)?\Z", re.DOTALL)
 _BOOL = re.compile(r" *([TF]) *(?:/.*)?\Z", re.DOTALL)
 _STR = re.compile(r" *'([ -&(-~]*)' *(?:/.*)?\Z", re.DOTALL)
 _PRINTABLE = re.compile(r"[ -~]*\Z")
+# a fixed-format real, upper-case E exponent only (astropy also reads D and lower case)
+_REAL = re.compile(
+    r" *([+-]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:E[+-]?[0-9]+)?) *(?:/.*)?\Z", re.DOTALL
+)
 # A standard card, as astropy's card verification accepts it unchanged: keyword of
 # upper-case letters, digits, "_" and "-" left-justified in columns 1-8, "=" in
 # column 9, then a fixed-format value (a string without embedded quotes, T/F, an
@@ -90,6 +94,46 @@ def _value(field: str) -> Value | None:
         if text.endswith("&") or ":" in text:  # CONTINUE or record-valued keyword forms
             return None
         return text
+    return None
+
+
+def value_cards(text: str, keywords: frozenset[str]) -> dict[str, Value | float] | None:
+    """The values of ``keywords`` (upper case, at most 8 characters) in a header, as
+    astropy's ``fits.Header.fromstring(text).get(key)`` reads them: integers,
+    ``T``/``F``, plain strings and fixed-format reals; keywords the header lacks are
+    absent.
+
+    Returns ``None`` where the reader is not certain to agree with astropy, as
+    :func:`size_cards` does (any other value form, a ``D`` or lower-case exponent among
+    them, a keyword given twice or in a form astropy might read as one of
+    ``keywords``, a ``CONTINUE`` card, no blank ``END`` card): parse the header with
+    astropy then.
+    """
+    heads = {k.ljust(8): k for k in keywords}
+    out: dict[str, Value | float] = {}
+    pending = False
+    for pos in range(0, len(text) - _CARD + 1, _CARD):
+        card = text[pos : pos + _CARD]
+        head = card[:8]
+        if pending and head == "CONTINUE":
+            return None
+        pending = False
+        name = heads.get(head)
+        if name is not None:
+            if name in out or card[8:10] != "= " or not _PRINTABLE.match(card):
+                return None
+            value: Value | float | None = _value(card[10:])
+            if value is None:
+                m = _REAL.match(card, 10)
+                if m is None:
+                    return None
+                value = float(m.group(1))
+            out[name] = value
+            pending = True
+        elif head == "END     ":
+            return out if card == _END_CARD else None
+        elif any(n in keywords for n in _astropy_names(card)):
+            return None
     return None
 
 

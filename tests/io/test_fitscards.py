@@ -15,7 +15,7 @@ from constellation.io.fits import (
     header_data_bytes,
     read_extension_headers,
 )
-from constellation.io.fitscards import card_images, size_cards
+from constellation.io.fitscards import card_images, size_cards, value_cards
 from constellation.io.storage import Storage
 from constellation.simulate.focal_plane import QUADRANT_IDS, quadrant_wcs_cards
 
@@ -215,3 +215,59 @@ def test_rewritten_card_image_differs_from_text() -> None:
     (card,) = [c for c in fits.Header.fromstring(text).cards if c.keyword == "CD1_1"]
     with pytest.warns(fits.verify.VerifyWarning):
         assert card.image != "CD1_1   =              1.0e-03".ljust(80)
+
+
+# -- value_cards: the SCI keywords the index reads ---------------------------------------
+
+_VALUE_KEYS = frozenset({"NAXIS1", "NAXIS2", "EXPTIME", "MAGZEROP", "GAIN"})
+
+
+def _astropy_values(text: str) -> dict[str, object]:
+    header = fits.Header.fromstring(text)
+    return {k: header[k] for k in _VALUE_KEYS if k in header}
+
+
+_VALUE_READ = {
+    "plain": lambda t: t,
+    "integer EXPTIME": lambda t: _set_card(t, "EXPTIME", "EXPTIME =                  560"),
+    "string MAGZEROP": lambda t: _set_card(t, "MAGZEROP", "MAGZEROP= '24.57000'"),
+    "exponent GAIN": lambda t: _set_card(t, "GAIN", "GAIN    =            3.48E+00 / e-/ADU"),
+    "signed GAIN": lambda t: _set_card(t, "GAIN", "GAIN    = -.5/x"),
+    "trailing point": lambda t: _set_card(t, "EXPTIME", "EXPTIME =                 560."),
+    "missing GAIN": lambda t: _set_card(t, "GAIN", None),
+    "GAIN in a comment": lambda t: _insert_after(t, "GAIN", "COMMENT GAIN = 7"),
+}
+_VALUE_GIVE_UP = {
+    "D exponent": lambda t: _set_card(t, "GAIN", "GAIN    =            3.48D+00"),
+    "lower-case exponent": lambda t: _set_card(t, "GAIN", "GAIN    =            3.48e+00"),
+    "complex": lambda t: _set_card(t, "GAIN", "GAIN    = (1.0, 2.0)"),
+    "undefined": lambda t: _set_card(t, "GAIN", "GAIN    ="),
+    "duplicate": lambda t: _insert_after(t, "GAIN", "GAIN    =                  3.6"),
+    "hierarch": lambda t: _insert_after(t, "GAIN", "HIERARCH EXPTIME = 7.0"),
+    "lower-case keyword": lambda t: _set_card(t, "GAIN", "gain    =                  3.5"),
+    "shifted equals": lambda t: _set_card(t, "GAIN", "GAIN   =                   3.5"),
+    "continue": lambda t: _insert_after(
+        _set_card(t, "MAGZEROP", "MAGZEROP= '24.5&'"), "MAGZEROP", "CONTINUE  '7'"
+    ),
+    "no END": lambda t: t.replace("END" + " " * 77, " " * 80),
+}
+
+
+@pytest.mark.parametrize("qid", QUADRANT_IDS[:6])
+def test_value_cards_agree_with_astropy_on_written_headers(qid: str) -> None:
+    text = _sci_text(qid)
+    assert value_cards(text, _VALUE_KEYS) == _astropy_values(text)
+
+
+@pytest.mark.parametrize("edit", list(_VALUE_READ))
+def test_value_cards_read_plain_forms_as_astropy(edit: str) -> None:
+    text = _VALUE_READ[edit](_sci_text())
+    values = value_cards(text, _VALUE_KEYS)
+    assert values == _astropy_values(text)
+    assert all(type(values[k]) is type(v) for k, v in _astropy_values(text).items())
+
+
+@pytest.mark.filterwarnings("ignore::astropy.io.fits.verify.VerifyWarning")
+@pytest.mark.parametrize("edit", list(_VALUE_GIVE_UP))
+def test_value_cards_give_up_on_other_forms(edit: str) -> None:
+    assert value_cards(_VALUE_GIVE_UP[edit](_sci_text()), _VALUE_KEYS) is None
