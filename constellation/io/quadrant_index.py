@@ -173,7 +173,8 @@ def _sci_values(ext: ExtensionHeader) -> Mapping[str, Any]:
     shape is missing."""
     values = value_cards(ext.text, _SCI_KEYS)
     if values is None or "NAXIS1" not in values or "NAXIS2" not in values:
-        return ext.header
+        header: Mapping[str, Any] = ext.header
+        return header
     return values
 
 
@@ -263,9 +264,7 @@ def _ext_cols(prefix: str, ext: ExtensionHeader) -> dict[str, Any]:
     }
 
 
-def _float(
-    header: Mapping[str, Any], primary: fits.Header, key: str, url: str, ext: str
-) -> float:
+def _float(header: Mapping[str, Any], primary: fits.Header, key: str, url: str, ext: str) -> float:
     value = header.get(key, primary.get(key))
     if value is None:
         raise ValueError(f"{url}: extension {ext} has no {key}")

@@ -27,6 +27,7 @@ from constellation.discovery.match import (
     point_in_polygons,
     polygons_intersect_box,
 )
+from constellation.io.fits import card_image
 from constellation.manifest.quadrant_index import FOOTPRINT_VERTICES, MAX_QUADRANT_RADIUS_DEG
 from constellation.simulate import focal_plane
 from constellation.simulate.field import FieldSpec, plan_field
@@ -83,15 +84,32 @@ class Quadrant:
     inner_dec: NDArray[np.float64]
 
 
+def quadrant_wcs(qid: str, ra: float, dec: float, pa_deg: float) -> WCS:
+    """astropy's full TPV WCS of the quadrant, parsed from the 80-character card images
+    the simulator writes (as cheap as it gets through ``WCS``: no astropy ``Header``)."""
+    cards = focal_plane.quadrant_wcs_cards(qid, ra, dec, pa_deg)
+    return WCS("".join(card_image(k, v, c) for k, v, c in cards))
+
+
+# the pixel positions each quadrant maps to the sky, in one ``all_pix2world`` call:
+# footprint vertices, dense true boundary, coarse interior grid, centre
+_FOOT_XY = edge_pixels(FOOTPRINT_VERTICES // 4, GROW_PX)
+_EDGE_XY = edge_pixels(math.ceil(max(NX, NY) / EDGE_STEP_PX), 0.0)
+_GRID_XY = tuple(
+    g.ravel()
+    for g in np.meshgrid(np.arange(0.0, NX, INTERIOR_STEP_PX), np.arange(0.0, NY, INTERIOR_STEP_PX))
+)
+_SPLITS = np.cumsum([_FOOT_XY[0].size, _EDGE_XY[0].size, _GRID_XY[0].size])
+_ALL_X, _ALL_Y = (
+    np.concatenate([_FOOT_XY[i], _EDGE_XY[i], _GRID_XY[i], [((NX, NY)[i] - 1) / 2]]) for i in (0, 1)
+)
+
+
 def make_quadrant(qid: str, ra: float, dec: float, pa_deg: float) -> Quadrant:
-    wcs = WCS(focal_plane.quadrant_wcs_header(qid, ra, dec, pa_deg))
-    fx, fy = edge_pixels(FOOTPRINT_VERTICES // 4, GROW_PX)
-    fra, fdec = wcs.all_pix2world(fx, fy, 0)
-    ex, ey = edge_pixels(math.ceil(max(NX, NY) / EDGE_STEP_PX), 0.0)
-    era, edec = wcs.all_pix2world(ex, ey, 0)
-    gx, gy = np.meshgrid(np.arange(0.0, NX, INTERIOR_STEP_PX), np.arange(0.0, NY, INTERIOR_STEP_PX))
-    ira, idec = wcs.all_pix2world(gx.ravel(), gy.ravel(), 0)
-    cra, cdec = wcs.all_pix2world([(NX - 1) / 2], [(NY - 1) / 2], 0)
+    wcs = quadrant_wcs(qid, ra, dec, pa_deg)
+    sky_ra, sky_dec = wcs.all_pix2world(_ALL_X, _ALL_Y, 0)
+    fra, era, ira, cra = np.split(sky_ra, _SPLITS)
+    fdec, edec, idec, cdec = np.split(sky_dec, _SPLITS)
     return Quadrant(wcs, float(cra[0]), float(cdec[0]), fra, fdec, era, edec, ira, idec)
 
 
