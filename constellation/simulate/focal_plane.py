@@ -101,8 +101,10 @@ from typing import Final
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs import WCS
+from astropy.wcs import WCS, Wcsprm
 from numpy.typing import ArrayLike, NDArray
+
+from constellation.io.fits import card_image
 
 __all__ = [
     "CCD_GAP_X_ARCSEC",
@@ -501,12 +503,27 @@ def quadrant_wcs(
     binning: int = 1,
     distortion: bool = True,
 ) -> WCS:
-    """:func:`quadrant_wcs_header` as an ``astropy.wcs.WCS`` (``pixel_shape`` set)."""
-    return WCS(
-        quadrant_wcs_header(
-            quadrant_id, ra_deg, dec_deg, pa_deg, binning=binning, distortion=distortion
-        )
+    """The ``astropy.wcs.WCS`` of the quadrant's header as the simulator writes it
+    (:func:`quadrant_wcs_cards` as 80-character card images; ``pixel_shape`` set).
+
+    Built as ``WCS(text)`` builds it (WCSLIB parses the cards with ``relax=True``, then
+    ``fix()`` and ``set()``), without the astropy ``Header`` work around it (the cards
+    made into a ``Header``, converted to text and back twice, every card verified, SIP
+    and lookup-table distortions looked for, which these cards never hold): ~0.3 ms
+    instead of ~4 ms. The same WCS as ``WCS(text)``, and within 1e-10 deg of
+    ``WCS(quadrant_wcs_header(...))``, whose cards round ``CD`` to 15 digits
+    (tests/simulate/test_focal_plane.py).
+    """
+    cards = quadrant_wcs_cards(
+        quadrant_id, ra_deg, dec_deg, pa_deg, binning=binning, distortion=distortion
     )
+    text = "".join(card_image(k, v, c) for k, v, c in cards)
+    wcs = WCS(naxis=2)
+    wcs.wcs = Wcsprm(header=text.encode("ascii"), relax=True)
+    wcs.fix()
+    wcs.wcs.set()
+    wcs.pixel_shape = quadrant_shape(binning)
+    return wcs
 
 
 def quadrant_footprint(

@@ -18,6 +18,9 @@ __all__ = ["GRID", "STAMP", "psf_grid", "psf_parameters", "psf_stamp"]
 STAMP = 21
 GRID = 9
 _FWHM_TO_SIGMA = 1.0 / 2.3548200450309493
+# pixel indices of a stamp (row y, column x), made once: ~12,000 stamps a field
+_STAMP_Y, _STAMP_X = np.mgrid[0:STAMP, 0:STAMP].astype(np.float64)
+_STAMP_Y.flags.writeable = _STAMP_X.flags.writeable = False
 
 
 def psf_stamp(
@@ -25,9 +28,8 @@ def psf_stamp(
 ) -> NDArray[np.float64]:
     """One 21 x 21 stamp: elliptical Gaussian core + 5 % wide wings, sum 0.95."""
     c = (STAMP - 1) / 2
-    y, x = np.mgrid[0:STAMP, 0:STAMP].astype(np.float64)
-    x -= c + dx
-    y -= c + dy
+    x = _STAMP_X - (c + dx)
+    y = _STAMP_Y - (c + dy)
     s = fwhm_px * _FWHM_TO_SIGMA
     # shear the coordinates: (x, y) -> (1 - e1) x - e2 y, ...
     xs = (1 - e1) * x - e2 * y

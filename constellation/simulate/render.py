@@ -148,7 +148,8 @@ def render_quadrant(
         sx1, sy1 = min(size, nx - x0), min(size, ny - y0)
         if sx0 < sx1 and sy0 < sy1:
             signal[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1] += img[sy0:sy1, sx0:sx1]
-    yy, xx = np.mgrid[0:ny, 0:nx]
+    # a row and a column broadcast to the frame: the same numbers as full index grids
+    yy, xx = np.arange(ny)[:, None], np.arange(nx)[None, :]
     bkg = sky_adu * (1 + 0.02 * (xx / nx - 0.5) + 0.01 * (yy / ny - 0.5))
     var = (rdnoise_e / gain) ** 2 + (bkg + signal) / gain
     rms = np.sqrt(var)
@@ -158,11 +159,11 @@ def render_quadrant(
     col = int(rng.integers(0, nx))
     flg[:, col] = 1 | 128  # INVALID | BAD_COLUMN
     flg[sci > 200_000 / gain] |= 1 | 8  # INVALID | SAT
-    wgt = np.where(flg & 1, 0.0, 1.0)
+    wgt = ((flg & 1) == 0).astype(np.float32)  # 0 where INVALID, else 1
     return {
         "SCI": sci.astype(np.float32),
         "RMS": rms.astype(np.float32),
         "FLG": flg,
         "BKG": bkg.astype(np.float32),
-        "WGT": wgt.astype(np.float32),
+        "WGT": wgt,
     }

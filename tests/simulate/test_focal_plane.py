@@ -16,6 +16,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from numpy.typing import NDArray
 
+from constellation.io.fits import card_image
 from constellation.simulate import focal_plane as fp
 
 # Pointings that must all work: RA wrap, EDF-N-like, near the south pole, pole inside the FPA.
@@ -281,6 +282,35 @@ def test_header_keywords_and_astropy_round_trip() -> None:
 
 
 @pytest.mark.parametrize(("ra0", "dec0", "pa"), POINTINGS)
+def test_quadrant_wcs_is_the_wcs_astropy_makes_of_the_header(
+    ra0: float, dec0: float, pa: float
+) -> None:
+    """``quadrant_wcs`` skips ``WCS(header)``'s Python work, not its result."""
+    rng = np.random.default_rng(11)
+    for b, distortion in ((1, True), (1, False), (8, True)):
+        nx, ny = fp.quadrant_shape(b)
+        x, y = rng.uniform(-5.0, nx + 5.0, 200), rng.uniform(-5.0, ny + 5.0, 200)
+        for q in fp.QUADRANT_IDS[::23]:
+            args = (q, ra0, dec0, pa)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # nothing to fix, as WCS(h) in the test above
+                w = fp.quadrant_wcs(*args, binning=b, distortion=distortion)
+            cards = fp.quadrant_wcs_cards(*args, binning=b, distortion=distortion)
+            # the header as the simulator writes it: the same WCS, bit for bit
+            full = WCS("".join(card_image(k, v, c) for k, v, c in cards))
+            assert w.pixel_shape == full.pixel_shape == (nx, ny)
+            assert w.to_header_string() == full.to_header_string()
+            sky = w.all_pix2world(x, y, 0)
+            np.testing.assert_array_equal(sky, full.all_pix2world(x, y, 0))
+            np.testing.assert_array_equal(w.all_world2pix(*sky, 0), full.all_world2pix(*sky, 0))
+            # astropy's Header of the cards rounds CD to 15 digits: the same to < 1 uas
+            old = WCS(fp.quadrant_wcs_header(*args, binning=b, distortion=distortion))
+            xi, eta = tangent_arcsec(*pix2sky(old, x, y), ra0, dec0)
+            wx, wy = tangent_arcsec(*pix2sky(w, x, y), ra0, dec0)
+            assert np.hypot(wx - xi, wy - eta).max() < 1e-6
+
+
+@pytest.mark.parametrize(("ra0", "dec0", "pa"), POINTINGS)
 def test_every_header_round_trips_pixels(ra0: float, dec0: float, pa: float) -> None:
     rng = np.random.default_rng(7)
     for b, ids in ((1, fp.QUADRANT_IDS), (8, fp.QUADRANT_IDS[::5])):
@@ -320,15 +350,18 @@ def test_crval_is_the_quadrant_centre_and_lies_inside_it(
     ra0: float, dec0: float, pa: float
 ) -> None:
     for q in fp.QUADRANT_IDS:
-        h = fp.quadrant_wcs_header(q, ra0, dec0, pa)
+        h = {k: v for k, v, _ in fp.quadrant_wcs_cards(q, ra0, dec0, pa)}  # as Header(cards)
         lay = fp.quadrant_layout(q)
+        assert isinstance(h["CRVAL1"], float)
+        assert isinstance(h["CRVAL2"], float)
         assert 0.0 <= h["CRVAL1"] < 360.0
         cx, cy = to_fp_frame(
             *tangent_arcsec(np.array([h["CRVAL1"]]), np.array([h["CRVAL2"]]), ra0, dec0), pa
         )
         assert cx[0] == pytest.approx(lay.x_center_arcsec, abs=1e-6)
         assert cy[0] == pytest.approx(lay.y_center_arcsec, abs=1e-6)
-        w = WCS(h)
+        w = fp.quadrant_wcs(q, ra0, dec0, pa)
+        assert tuple(w.wcs.crval) == pytest.approx((h["CRVAL1"], h["CRVAL2"]), rel=0, abs=1e-12)
         vx, vy = tangent_arcsec(*pix2sky(w, *pixel_edges(2048, 2066, 2)), ra0, dec0)
         kx, ky = tangent_arcsec(np.array([h["CRVAL1"]]), np.array([h["CRVAL2"]]), ra0, dec0)
         assert inside_polygon(kx, ky, vx, vy)[0], q
