@@ -45,7 +45,7 @@ def test_order_is_tile_row_col() -> None:
     assert sorted(ids) == [SubTileId(1, 0, 3), SubTileId(1, 1, 0), SubTileId(2, 0, 0)]
 
 
-@pytest.mark.parametrize("work", ["root", "s3://bucket/root/", "s3://b/tiles/7/root"])
+@pytest.mark.parametrize("work", ["base", "s3://bucket/base/", "s3://b/tiles/7/base"])
 def test_tile_paths_map_back_to_their_tile(work: str) -> None:
     for url in (
         layout.tile_dir(work, 102018211),
