@@ -168,9 +168,10 @@ def _wcs_text(ext: ExtensionHeader) -> str:
 
 def _sci_values(ext: ExtensionHeader) -> Mapping[str, Any]:
     """The SCI header's :data:`_SCI_KEYS`, read from its cards as astropy reads them
-    (:func:`~constellation.io.fitscards.value_cards`: ~0.1 ms where parsing the header
-    costs astropy ~0.7 ms), or the astropy header where that reader gives up or the
-    shape is missing."""
+    (:func:`~constellation.io.fitscards.value_cards`: 0.20 ms a simulated SCI header,
+    where parsing it with astropy and getting the keys took 1.77 ms, medians on the
+    2-core machine), or the astropy header where that reader gives up or the shape is
+    missing."""
     values = value_cards(ext.text, _SCI_KEYS)
     if values is None or "NAXIS1" not in values or "NAXIS2" not in values:
         header: Mapping[str, Any] = ext.header
