@@ -110,31 +110,7 @@ def value_cards(text: str, keywords: frozenset[str]) -> dict[str, Value | float]
     astropy then.
     """
     heads = {k.ljust(8): k for k in keywords}
-    out: dict[str, Value | float] = {}
-    pending = False
-    for pos in range(0, len(text) - _CARD + 1, _CARD):
-        card = text[pos : pos + _CARD]
-        head = card[:8]
-        if pending and head == "CONTINUE":
-            return None
-        pending = False
-        name = heads.get(head)
-        if name is not None:
-            if name in out or card[8:10] != "= " or not _PRINTABLE.match(card):
-                return None
-            value: Value | float | None = _value(card[10:])
-            if value is None:
-                m = _REAL.match(card, 10)
-                if m is None:
-                    return None
-                value = float(m.group(1))
-            out[name] = value
-            pending = True
-        elif head == "END     ":
-            return out if card == _END_CARD else None
-        elif any(n in keywords for n in _astropy_names(card)):
-            return None
-    return None
+    return _plain_cards(text, heads.get, keywords.__contains__, None, reals=True)
 
 
 def size_cards(text: str) -> dict[str, Value] | None:
@@ -148,19 +124,44 @@ def size_cards(text: str) -> dict[str, Value] | None:
     simulated SCI header on the busy 2-core machine (astropy: ~0.37 ms to parse it,
     ~0.2 ms more for the ``get`` calls of the size keywords).
     """
-    out: dict[str, Value] = {}
+    found = _plain_cards(text, _size_name, _wanted, _SUSPECT, reals=False)
+    return found  # type: ignore[return-value]  # no reals read: Value only
+
+
+def _size_name(head: str) -> str | None:
+    return head.rstrip() if head in _EXACT else None
+
+
+def _plain_cards(
+    text: str,
+    name_of: Callable[[str], str | None],
+    wanted: Callable[[str], bool],
+    suspect: re.Pattern[str] | None,
+    *,
+    reals: bool,
+) -> dict[str, Value | float] | None:
+    """The reader behind :func:`size_cards` and :func:`value_cards`: the values of the
+    cards whose first 8 columns ``name_of`` names, or ``None`` where astropy might read
+    otherwise. ``wanted``: whether astropy's name for another card is one read here (the
+    card is then in a form the reader does not read plainly); ``suspect``: a pattern
+    that columns 1-9 of such a card must match (a fast pre-check; ``None``: every card
+    is checked)."""
+    out: dict[str, Value | float] = {}
     pending = False  # the previous card was one we read: a CONTINUE would extend it
     for pos in range(0, len(text) - _CARD + 1, _CARD):
         head = text[pos : pos + 8]
         if pending and head == "CONTINUE":
             return None
         pending = False
-        if head in _EXACT:
+        name = name_of(head)
+        if name is not None:
             card = text[pos : pos + _CARD]
-            name = head.rstrip()
             if name in out or card[8:10] != "= " or not _PRINTABLE.match(card):
                 return None
-            value = _value(card[10:])
+            value: Value | float | None = _value(card[10:])
+            if value is None and reals:
+                m = _REAL.match(card, 10)
+                value = float(m.group(1)) if m else None
             if value is None:
                 return None
             out[name] = value
@@ -168,10 +169,10 @@ def size_cards(text: str) -> dict[str, Value] | None:
         elif head == "END     ":
             # astropy stops at a blank END card only
             return out if text.startswith(_END_CARD, pos) else None
-        elif _SUSPECT.search(text, pos, pos + 9) and any(
-            _wanted(n) for n in _astropy_names(text[pos : pos + _CARD])
+        elif (suspect is None or suspect.search(text, pos, pos + 9)) and any(
+            wanted(n) for n in _astropy_names(text[pos : pos + _CARD])
         ):
-            return None  # a size keyword in a form astropy reads but we do not
+            return None  # a wanted keyword in a form astropy reads but we do not
     return None  # no END card
 
 
