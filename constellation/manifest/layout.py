@@ -52,7 +52,7 @@ DONE_NAME = "_DONE.json"
 RESULT_NAME = "result.parquet"
 RESULT_DONE_NAME = "_RESULT.json"
 
-_TILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)(?:/|$)")
+_TILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)(?=/|$)")
 _SUBTILE_PATH = re.compile(r"(?:^|/)tiles/(\d+)/subtiles/r(\d+)_c(\d+)(?:/[^/]*)?/?$")
 
 

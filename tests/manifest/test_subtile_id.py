@@ -54,6 +54,8 @@ def test_tile_paths_map_back_to_their_tile(work: str) -> None:
         layout.manifest_url(work, 102018211, 3, 1),
     ):
         assert layout.tile_id_from_url(url) == 102018211, url
+    # a work root that is itself a tile folder: the last tile folder counts
+    assert layout.tile_id_from_url("s3://b/tiles/7/tiles/102018211/subtiles") == 102018211
     for url in ("/w/subtiles/3", "/w/tiles/x/subtiles", "/w/mytiles/3/subtiles", ""):
         with pytest.raises(ValueError, match="not in a tile folder"):
             layout.tile_id_from_url(url)
